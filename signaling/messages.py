@@ -1,0 +1,174 @@
+"""The wire protocol: parsing client messages and encoding server messages.
+
+Every frame is a JSON object ``{"type": ..., "payload": {...}}``.  Parsing is
+strict and total: :func:`parse` either returns one of :class:`Join`,
+:class:`Leave` or :class:`Relay`, or raises :class:`ProtocolError` carrying a
+stable error code.  Nothing here knows about sockets or Twisted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+import orjson
+
+# Stable error codes sent in ``error`` messages (documented in README.rst).
+INVALID_JSON = "invalid_json"
+INVALID_MESSAGE = "invalid_message"
+UNKNOWN_TYPE = "unknown_type"
+INVALID_ROOM_ID = "invalid_room_id"
+NOT_IN_ROOM = "not_in_room"
+ALREADY_IN_ROOM = "already_in_room"
+UNKNOWN_CLIENT = "unknown_client"
+UNSUPPORTED_FRAME = "unsupported_frame"
+
+ERROR_CODES = frozenset(
+    {
+        INVALID_JSON,
+        INVALID_MESSAGE,
+        UNKNOWN_TYPE,
+        INVALID_ROOM_ID,
+        NOT_IN_ROOM,
+        ALREADY_IN_ROOM,
+        UNKNOWN_CLIENT,
+        UNSUPPORTED_FRAME,
+    }
+)
+
+DEFAULT_MAX_ROOM_ID_LENGTH = 256
+
+#: Relayed message types and the payload field each one carries.
+RELAY_FIELDS = {"offer": "sdp", "answer": "sdp", "candidate": "candidate"}
+
+
+class ProtocolError(Exception):
+    """A client message was rejected; ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, code: str, message: str, in_reply_to: str | None = None):
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.in_reply_to = in_reply_to
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """``join {room_id}``: enter a room, creating it if needed."""
+
+    room_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """``leave {}``: leave the current room but keep the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """``offer``/``answer``/``candidate``: forward ``body`` to ``target``."""
+
+    type: str
+    target: str
+    body: Any
+
+
+ClientMessage = Union[Join, Leave, Relay]
+
+_LEAVE = Leave()
+
+
+def parse(
+    data: bytes | str, max_room_id_length: int = DEFAULT_MAX_ROOM_ID_LENGTH
+) -> ClientMessage:
+    """Parse and validate one client frame."""
+    try:
+        decoded = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise ProtocolError(INVALID_JSON, f"message is not valid JSON: {e}") from None
+    if type(decoded) is not dict:
+        raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")
+    kind = decoded.get("type")
+    if type(kind) is not str:
+        raise ProtocolError(INVALID_MESSAGE, '"type" must be a string')
+    payload = decoded.get("payload")
+
+    field = RELAY_FIELDS.get(kind)
+    if field is not None:
+        if type(payload) is not dict:
+            raise ProtocolError(INVALID_MESSAGE, '"payload" must be an object', kind)
+        target = payload.get("client_id")
+        if type(target) is not str:
+            raise ProtocolError(
+                INVALID_MESSAGE, '"payload.client_id" must be a string', kind
+            )
+        if field not in payload:
+            raise ProtocolError(INVALID_MESSAGE, f'"payload.{field}" is missing', kind)
+        body = payload[field]
+        if field == "sdp":
+            if type(body) is not str:
+                raise ProtocolError(
+                    INVALID_MESSAGE, '"payload.sdp" must be a string', kind
+                )
+        elif body is not None and type(body) not in (str, dict):
+            raise ProtocolError(
+                INVALID_MESSAGE,
+                '"payload.candidate" must be an object, a string or null',
+                kind,
+            )
+        return Relay(kind, target, body)
+
+    if kind == "join":
+        if type(payload) is not dict:
+            raise ProtocolError(INVALID_MESSAGE, '"payload" must be an object', kind)
+        room_id = payload.get("room_id")
+        if type(room_id) is not str or not room_id:
+            raise ProtocolError(
+                INVALID_ROOM_ID, '"payload.room_id" must be a non-empty string', kind
+            )
+        if len(room_id) > max_room_id_length:
+            raise ProtocolError(
+                INVALID_ROOM_ID,
+                f'"payload.room_id" is longer than {max_room_id_length} characters',
+                kind,
+            )
+        return Join(room_id)
+
+    if kind == "leave":
+        if payload is not None and type(payload) is not dict:
+            raise ProtocolError(INVALID_MESSAGE, '"payload" must be an object', kind)
+        return _LEAVE
+
+    raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind!r}", kind)
+
+
+def encode(kind: str, payload: dict[str, Any]) -> bytes:
+    """Encode one server message as the bytes of a text frame."""
+    return orjson.dumps({"type": kind, "payload": payload})
+
+
+def notify_client_id(client_id: str) -> bytes:
+    return encode("notify-client-id", {"client_id": client_id})
+
+
+def new_client(client_id: str) -> bytes:
+    return encode("new-client", {"client_id": client_id})
+
+
+def leave_client(client_id: str) -> bytes:
+    return encode("leave-client", {"client_id": client_id})
+
+
+def joined(room_id: str, clients: list[str]) -> bytes:
+    return encode("joined", {"room_id": room_id, "clients": clients})
+
+
+def relayed(kind: str, sender: str, body: Any) -> bytes:
+    """The frame a relay target receives: the sender's id stamped by us."""
+    return encode(kind, {"client_id": sender, RELAY_FIELDS[kind]: body})
+
+
+def error(code: str, message: str, **details: Any) -> bytes:
+    payload: dict[str, Any] = {"code": code, "message": message}
+    payload.update(details)
+    return encode("error", payload)

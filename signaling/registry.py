@@ -1,0 +1,120 @@
+"""Rooms and their members: plain Python state shared by every connection.
+
+The registry never touches a socket.  It talks to members only through the
+:class:`Member` interface (a client id and ``deliver(bytes)``), so a member
+may be a local WebSocket connection or a proxy for a client that lives in
+another process.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Iterator, Protocol
+
+from . import messages
+
+
+class Member(Protocol):
+    """Something a room can deliver frames to."""
+
+    @property
+    def client_id(self) -> str: ...
+
+    def deliver(self, data: bytes) -> None:
+        """Send one encoded server message to this member."""
+
+
+def new_client_id() -> str:
+    """A unique, unguessable, URL-safe client id (128 random bits)."""
+    return secrets.token_urlsafe(16)
+
+
+class AlreadyInRoom(Exception):
+    """The member is already in a room (one room per connection)."""
+
+
+class Room:
+    """A named set of members; exists only while it has members."""
+
+    __slots__ = ("room_id", "members")
+
+    def __init__(self, room_id: str) -> None:
+        self.room_id = room_id
+        self.members: dict[str, Member] = {}
+
+    def send(self, target_id: str, data: bytes) -> bool:
+        """Deliver ``data`` to one member; False if no such member is here."""
+        member = self.members.get(target_id)
+        if member is None:
+            return False
+        member.deliver(data)
+        return True
+
+    def broadcast(self, data: bytes) -> None:
+        for member in list(self.members.values()):
+            member.deliver(data)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __repr__(self) -> str:
+        return f"<Room {self.room_id!r} members={len(self.members)}>"
+
+
+class RoomRegistry:
+    """All rooms, keyed by room id, and the room of every member."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, Room] = {}
+        self._room_of: dict[str, Room] = {}
+
+    def join(self, room_id: str, member: Member) -> tuple[Room, list[str]]:
+        """Put ``member`` in ``room_id`` and tell the members already there.
+
+        Returns the room and the ids of the members that were there before,
+        in the order they joined.  Each of them receives one ``new-client``.
+        """
+        client_id = member.client_id
+        if client_id in self._room_of:
+            raise AlreadyInRoom(self._room_of[client_id].room_id)
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = self._rooms[room_id] = Room(room_id)
+        existing = list(room.members)
+        if existing:
+            room.broadcast(messages.new_client(client_id))
+        room.members[client_id] = member
+        self._room_of[client_id] = room
+        return room, existing
+
+    def leave(self, client_id: str) -> Room | None:
+        """Take a member out of its room; tell the rest, or delete the room.
+
+        Returns the room it left, or None if it was in no room.
+        """
+        room = self._room_of.pop(client_id, None)
+        if room is None:
+            return None
+        del room.members[client_id]
+        if room.members:
+            room.broadcast(messages.leave_client(client_id))
+        else:
+            del self._rooms[room.room_id]
+        return room
+
+    def room(self, room_id: str) -> Room | None:
+        return self._rooms.get(room_id)
+
+    def room_of(self, client_id: str) -> Room | None:
+        return self._room_of.get(client_id)
+
+    def rooms(self) -> Iterator[Room]:
+        return iter(list(self._rooms.values()))
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    @property
+    def member_count(self) -> int:
+        return len(self._room_of)

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+Signaling = ServiceMaker(
+    "signaling",
+    "signaling.tap",
+    "WebRTC signaling server (singo-compatible WebSocket protocol)",
+    "signaling",
+)
