@@ -154,4 +154,7 @@ class SignalingFactory(WebSocketServerFactory):
             failByDrop=False,
             # setProtocolOptions resets this to False when omitted.
             allowNullOrigin=True,
+            # No HTML status page (it also honours ?redirect=, an open
+            # redirect): a plain GET of /connect gets an HTTP error.
+            webStatus=False,
         )
