@@ -1,0 +1,169 @@
+"""Fixtures: the real server on 127.0.0.1 (port 0) and real WebSocket clients.
+
+The Twisted reactor runs in a background thread for the whole test session;
+each test gets its own listening port, factory and registry.  Tests drive the
+server with the synchronous ``websockets`` client, exactly as a remote peer
+would, and read server state through ``blockingCallFromThread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.threads import blockingCallFromThread
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from signaling.protocol import SignalingFactory
+from signaling.registry import RoomRegistry
+from signaling.web import build_site
+
+TIMEOUT = 5.0
+
+
+@pytest.fixture(scope="session")
+def reactor_thread() -> Iterator[Any]:
+    thread = threading.Thread(
+        target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True
+    )
+    thread.start()
+    yield reactor
+    reactor.callFromThread(reactor.stop)
+    thread.join(TIMEOUT)
+
+
+def on_reactor(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``f`` in the reactor thread and return its result."""
+    return blockingCallFromThread(reactor, f, *args, **kwargs)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class Client:
+    """A real WebSocket client speaking the signaling protocol."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        hello = self.recv()
+        assert hello["type"] == "notify-client-id", hello
+        self.id: str = hello["payload"]["client_id"]
+
+    def send(self, kind: str, payload: Any = None, **fields: Any) -> None:
+        message: dict[str, Any] = {"type": kind}
+        if payload is not None:
+            message["payload"] = payload
+        message.update(fields)
+        self.ws.send(json.dumps(message))
+
+    def send_raw(self, data: str | bytes, text: bool | None = None) -> None:
+        self.ws.send(data, text=text)
+
+    def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        data = self.ws.recv(timeout)
+        assert isinstance(data, str), f"expected a text frame, got {data!r}"
+        return json.loads(data)
+
+    def expect(self, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """Receive the next message, which must be of ``kind``; return its payload."""
+        message = self.recv(timeout)
+        assert message["type"] == kind, message
+        assert set(message) == {"type", "payload"}, message
+        return message["payload"]
+
+    def expect_error(self, code: str) -> dict[str, Any]:
+        payload = self.expect("error")
+        assert payload["code"] == code, payload
+        assert isinstance(payload["message"], str) and payload["message"], payload
+        return payload
+
+    def join(self, room_id: str) -> list[str]:
+        """Join and return the ids the server says were already there."""
+        self.send("join", {"room_id": room_id})
+        payload = self.expect("joined")
+        assert payload["room_id"] == room_id
+        return payload["clients"]
+
+    def offer(self, target: str, sdp: str) -> None:
+        self.send("offer", {"client_id": target, "sdp": sdp})
+
+    def expect_closed(self, timeout: float = TIMEOUT) -> int | None:
+        """Wait for the server to close the connection; return its close code."""
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                self.ws.recv(timeout)
+        received = info.value.rcvd
+        return received.code if received is not None else None
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+class RunningServer:
+    """A server listening on 127.0.0.1 and the clients a test opened to it."""
+
+    def __init__(self, factory: SignalingFactory, port: Any, stack: contextlib.ExitStack):
+        self.factory = factory
+        self.registry: RoomRegistry = factory.registry
+        self.port = port.getHost().port
+        self.url = f"ws://127.0.0.1:{self.port}/connect"
+        self._stack = stack
+
+    def client(self) -> Client:
+        ws = self._stack.enter_context(
+            connect(
+                self.url,
+                open_timeout=TIMEOUT,
+                close_timeout=1,
+                compression=None,
+                proxy=None,
+                max_size=None,
+            )
+        )
+        return Client(ws)
+
+    def rooms(self) -> dict[str, set[str]]:
+        """Every room and its members, read in the reactor thread."""
+        return on_reactor(
+            lambda: {room.room_id: set(room.members) for room in self.registry.rooms()}
+        )
+
+    def member_count(self) -> int:
+        return on_reactor(lambda: self.registry.member_count)
+
+
+@pytest.fixture
+def make_server(reactor_thread: Any) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with given factory options; stop them after the test."""
+    ports = []
+    with contextlib.ExitStack() as stack:
+
+        def start(**options: Any) -> RunningServer:
+            factory = SignalingFactory(RoomRegistry(), **options)
+            port = on_reactor(
+                reactor.listenTCP, 0, build_site(factory), interface="127.0.0.1"
+            )
+            ports.append(port)
+            return RunningServer(factory, port, stack)
+
+        yield start
+    for port in ports:
+        on_reactor(port.stopListening)
+
+
+@pytest.fixture
+def server(make_server: Callable[..., RunningServer]) -> RunningServer:
+    return make_server()

@@ -1,0 +1,59 @@
+"""Log events: connect, join, leave, disconnect and errors, never SDP at info."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from .conftest import RunningServer, wait_for
+
+SECRET_SDP = "v=0\r\na=ice-pwd:do-not-log-this-secret\r\n"
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    captured: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(captured.append)
+    yield captured
+    globalLogPublisher.removeObserver(captured.append)
+
+
+def ours(events: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in list(events)
+        if e.get("log_namespace") == "signaling.protocol"
+        and e.get("log_format", "").startswith(prefix)
+    ]
+
+
+def test_lifecycle_events_carry_client_and_room(
+    server: RunningServer, events: list[dict[str, Any]]
+) -> None:
+    a, b = server.client(), server.client()
+    a.join("logged-room")
+    b.join("logged-room")
+    a.expect("new-client")
+    a.offer(b.id, SECRET_SDP)
+    b.expect("offer")
+    a.send("dance", {})
+    a.expect_error("unknown_type")
+    a.close()
+    b.expect("leave-client")
+
+    assert wait_for(lambda: len(ours(events, "disconnect")) == 1)
+    assert {e["client_id"] for e in ours(events, "connect")} == {a.id, b.id}
+    assert {(e["client_id"], e["room_id"]) for e in ours(events, "join")} == {
+        (a.id, "logged-room"),
+        (b.id, "logged-room"),
+    }
+    assert [(e["client_id"], e["room_id"]) for e in ours(events, "leave")] == [(a.id, "logged-room")]
+    assert ours(events, "disconnect")[0]["client_id"] == a.id
+    [error] = ours(events, "error")
+    assert (error["client_id"], error["code"]) == (a.id, "unknown_type")
+
+    for event in list(events):
+        if event.get("log_level", LogLevel.debug) >= LogLevel.info:
+            assert "do-not-log-this-secret" not in (formatEvent(event) + repr(event))
