@@ -9,7 +9,7 @@ stable error code.  Nothing here knows about sockets or Twisted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import orjson
 
@@ -37,6 +37,9 @@ ERROR_CODES = frozenset(
 )
 
 DEFAULT_MAX_ROOM_ID_LENGTH = 256
+
+#: How deeply a ``candidate`` object may nest (orjson encodes at most ~254).
+MAX_CANDIDATE_DEPTH = 32
 
 #: Relayed message types and the payload field each one carries.
 RELAY_FIELDS = {"offer": "sdp", "answer": "sdp", "candidate": "candidate"}
@@ -73,14 +76,12 @@ class Relay:
     body: Any
 
 
-ClientMessage = Union[Join, Leave, Relay]
+ClientMessage = Join | Leave | Relay
 
 _LEAVE = Leave()
 
 
-def parse(
-    data: bytes | str, max_room_id_length: int = DEFAULT_MAX_ROOM_ID_LENGTH
-) -> ClientMessage:
+def parse(data: bytes | str, max_room_id_length: int = DEFAULT_MAX_ROOM_ID_LENGTH) -> ClientMessage:
     """Parse and validate one client frame."""
     try:
         decoded = orjson.loads(data)
@@ -99,23 +100,26 @@ def parse(
             raise ProtocolError(INVALID_MESSAGE, '"payload" must be an object', kind)
         target = payload.get("client_id")
         if type(target) is not str:
-            raise ProtocolError(
-                INVALID_MESSAGE, '"payload.client_id" must be a string', kind
-            )
+            raise ProtocolError(INVALID_MESSAGE, '"payload.client_id" must be a string', kind)
         if field not in payload:
             raise ProtocolError(INVALID_MESSAGE, f'"payload.{field}" is missing', kind)
         body = payload[field]
         if field == "sdp":
             if type(body) is not str:
+                raise ProtocolError(INVALID_MESSAGE, '"payload.sdp" must be a string', kind)
+        elif body is not None and type(body) is not str:
+            if type(body) is not dict:
                 raise ProtocolError(
-                    INVALID_MESSAGE, '"payload.sdp" must be a string', kind
+                    INVALID_MESSAGE,
+                    '"payload.candidate" must be an object, a string or null',
+                    kind,
                 )
-        elif body is not None and type(body) not in (str, dict):
-            raise ProtocolError(
-                INVALID_MESSAGE,
-                '"payload.candidate" must be an object, a string or null',
-                kind,
-            )
+            if not _shallow(body, MAX_CANDIDATE_DEPTH):
+                raise ProtocolError(
+                    INVALID_MESSAGE,
+                    f'"payload.candidate" nests deeper than {MAX_CANDIDATE_DEPTH} levels',
+                    kind,
+                )
         return Relay(kind, target, body)
 
     if kind == "join":
@@ -140,6 +144,17 @@ def parse(
         return _LEAVE
 
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind!r}", kind)
+
+
+def _shallow(value: Any, levels: int) -> bool:
+    """True if containers in ``value`` nest at most ``levels`` deep."""
+    if levels <= 0:
+        return False
+    items = value.values() if type(value) is dict else value
+    for item in items:
+        if (type(item) is dict or type(item) is list) and not _shallow(item, levels - 1):
+            return False
+    return True
 
 
 def encode(kind: str, payload: dict[str, Any]) -> bytes:
