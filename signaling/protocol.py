@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from . import messages
@@ -20,12 +21,13 @@ class SignalingProtocol(WebSocketServerProtocol):
     factory: SignalingFactory
     client_id: str = ""
     room: Room | None = None
+    connected_at: float = 0.0
 
     def onOpen(self) -> None:
         self.client_id = new_client_id()
-        _log.info(
-            "connect {client_id} from {peer}", client_id=self.client_id, peer=self.peer
-        )
+        self.connected_at = self.factory.clock.seconds()
+        self.factory.clients[self.client_id] = self
+        _log.info("connect {client_id} from {peer}", client_id=self.client_id, peer=self.peer)
         self.sendMessage(messages.notify_client_id(self.client_id))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -105,6 +107,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if not self.client_id:
             return  # the opening handshake never completed
+        self.factory.clients.pop(self.client_id, None)
         if self.room is not None:
             self._leave_room()
         _log.info(
@@ -132,19 +135,30 @@ class SignalingProtocol(WebSocketServerProtocol):
 
 
 class SignalingFactory(WebSocketServerFactory):
-    """Shares one :class:`RoomRegistry` among all connections."""
+    """Shares one :class:`RoomRegistry` among all connections.
 
-    protocol = SignalingProtocol
+    ``clients`` maps the id of every open connection (in a room or not) to
+    its protocol; ``clock`` is the time source (the reactor by default).
+    """
+
+    protocol = SignalingProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
         registry: RoomRegistry | None = None,
         *,
+        clock: IReactorTime | None = None,
         max_message_size: int = 64 * 1024,
         max_room_id_length: int = messages.DEFAULT_MAX_ROOM_ID_LENGTH,
     ) -> None:
         super().__init__()
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock = clock
         self.registry = registry if registry is not None else RoomRegistry()
+        self.clients: dict[str, SignalingProtocol] = {}
         self.max_room_id_length = max_room_id_length
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_size,

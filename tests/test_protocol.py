@@ -15,9 +15,12 @@ import urllib.request
 
 import pytest
 
-from .conftest import Client, RunningServer, wait_for
+from .conftest import Client, RunningServer, on_reactor, wait_for
 
-SDP = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=msid-semantic: WMS ストリーム\r\n"
+SDP = (
+    "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    "a=msid-semantic: WMS ストリーム\r\n"
+)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,}$")
 
 
@@ -66,7 +69,14 @@ def test_join_while_in_room_is_an_error(server: RunningServer) -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [{}, {"room_id": ""}, {"room_id": 7}, {"room_id": None}, {"room_id": ["r"]}, {"room_id": "x" * 257}],
+    [
+        {},
+        {"room_id": ""},
+        {"room_id": 7},
+        {"room_id": None},
+        {"room_id": ["r"]},
+        {"room_id": "x" * 257},
+    ],
 )
 def test_invalid_room_id(server: RunningServer, payload: dict) -> None:
     a = server.client()
@@ -104,7 +114,11 @@ def test_sdp_relayed_to_target_only_with_sender_stamped(server: RunningServer, k
 @pytest.mark.parametrize(
     "candidate",
     [
-        {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host", "sdpMid": "0", "sdpMLineIndex": 0},
+        {
+            "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+            "sdpMid": "0",
+            "sdpMLineIndex": 0,
+        },
         "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
         None,
     ],
@@ -162,7 +176,7 @@ def test_leave_message_keeps_socket_and_allows_rejoin(server: RunningServer) -> 
     assert a.join("elsewhere") == []
     assert server.rooms() == {"room": {b.id}, "elsewhere": {a.id}}
     b.send("leave")
-    assert server.rooms() == {"elsewhere": {a.id}}
+    assert wait_for(lambda: server.rooms() == {"elsewhere": {a.id}})
     assert b.join("room") == []  # the emptied room was deleted and is new again
 
 
@@ -170,6 +184,15 @@ def test_leave_when_not_in_room(server: RunningServer) -> None:
     a = server.client()
     a.send("leave", {})
     assert a.expect_error("not_in_room")["in_reply_to"] == "leave"
+
+
+def test_factory_tracks_open_connections(server: RunningServer) -> None:
+    a = server.client()
+    b = server.client()
+    assert on_reactor(lambda: set(server.factory.clients)) == {a.id, b.id}
+    assert on_reactor(lambda: server.factory.clients[a.id].room) is None
+    a.close()
+    assert wait_for(lambda: on_reactor(lambda: set(server.factory.clients)) == {b.id})
 
 
 def test_disconnect_tells_the_room_and_room_is_deleted(server: RunningServer) -> None:
@@ -184,7 +207,7 @@ def test_disconnect_tells_the_room_and_room_is_deleted(server: RunningServer) ->
     b.ws.socket.close()  # abrupt: no closing handshake
     assert c.expect("leave-client") == {"client_id": b.id}
     c.send("leave", {})
-    assert server.rooms() == {}
+    assert wait_for(lambda: server.rooms() == {})
     assert server.member_count() == 0
 
 
@@ -195,9 +218,9 @@ def test_disconnect_tells_the_room_and_room_is_deleted(server: RunningServer) ->
     ("frame", "code"),
     [
         ("not json", "invalid_json"),
-        ("{\"type\": \"join\"", "invalid_json"),
+        ('{"type": "join"', "invalid_json"),
         ("[1, 2]", "invalid_message"),
-        ("\"join\"", "invalid_message"),
+        ('"join"', "invalid_message"),
         ("null", "invalid_message"),
         ("{}", "invalid_message"),
         ('{"type": 5, "payload": {}}', "invalid_message"),
@@ -212,7 +235,10 @@ def test_disconnect_tells_the_room_and_room_is_deleted(server: RunningServer) ->
         ('{"type": "candidate", "payload": {"client_id": "x"}}', "invalid_message"),
         ('{"type": "leave", "payload": 5}', "invalid_message"),
         ("[" * 5000 + "]" * 5000, "invalid_json"),
-        ('{"type": "join", "payload": {"room_id": "r", "x": ' + "[" * 5000 + "]" * 5000 + "}}", "invalid_json"),
+        (
+            '{"type": "join", "payload": {"room_id": "r", "x": ' + "[" * 5000 + "]" * 5000 + "}}",
+            "invalid_json",
+        ),
     ],
 )
 def test_bad_frames_get_an_error_and_the_connection_carries_on(
@@ -282,7 +308,7 @@ def test_plain_http_get_of_endpoint_is_refused(server: RunningServer) -> None:
 def test_six_peer_full_mesh(server: RunningServer) -> None:
     """Every existing member offers to each newcomer, who answers each offer."""
     peers: list[Client] = []
-    for n in range(6):
+    for _ in range(6):
         newcomer = server.client()
         assert newcomer.join("mesh") == [p.id for p in peers]
         for p in peers:
@@ -296,7 +322,10 @@ def test_six_peer_full_mesh(server: RunningServer) -> None:
         for sender in offers:
             newcomer.send("answer", {"client_id": sender, "sdp": f"answer {newcomer.id}->{sender}"})
         for p in peers:
-            assert p.expect("answer") == {"client_id": newcomer.id, "sdp": f"answer {newcomer.id}->{p.id}"}
+            assert p.expect("answer") == {
+                "client_id": newcomer.id,
+                "sdp": f"answer {newcomer.id}->{p.id}",
+            }
         peers.append(newcomer)
     assert server.rooms() == {"mesh": {p.id for p in peers}}
     for p in peers:
