@@ -9,7 +9,8 @@ another process.
 from __future__ import annotations
 
 import secrets
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 from . import messages
 
@@ -36,7 +37,7 @@ class AlreadyInRoom(Exception):
 class Room:
     """A named set of members; exists only while it has members."""
 
-    __slots__ = ("room_id", "members")
+    __slots__ = ("members", "room_id")
 
     def __init__(self, room_id: str) -> None:
         self.room_id = room_id

@@ -26,8 +26,7 @@ def _positive_int(value: str) -> int:
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Serve WebRTC signaling (singo-compatible) over WebSocket at "
-        "ws://INTERFACE:PORT/connect."
+        "Serve WebRTC signaling (singo-compatible) over WebSocket at ws://INTERFACE:PORT/connect."
     )
 
     optParameters = [

@@ -12,7 +12,8 @@ import contextlib
 import json
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from twisted.internet import reactor
@@ -153,9 +154,7 @@ def make_server(reactor_thread: Any) -> Iterator[Callable[..., RunningServer]]:
 
         def start(**options: Any) -> RunningServer:
             factory = SignalingFactory(RoomRegistry(), **options)
-            port = on_reactor(
-                reactor.listenTCP, 0, build_site(factory), interface="127.0.0.1"
-            )
+            port = on_reactor(reactor.listenTCP, 0, build_site(factory), interface="127.0.0.1")
             ports.append(port)
             return RunningServer(factory, port, stack)
 

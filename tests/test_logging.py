@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -49,7 +50,9 @@ def test_lifecycle_events_carry_client_and_room(
         (a.id, "logged-room"),
         (b.id, "logged-room"),
     }
-    assert [(e["client_id"], e["room_id"]) for e in ours(events, "leave")] == [(a.id, "logged-room")]
+    assert [(e["client_id"], e["room_id"]) for e in ours(events, "leave")] == [
+        (a.id, "logged-room")
+    ]
     assert ours(events, "disconnect")[0]["client_id"] == a.id
     [error] = ours(events, "error")
     assert (error["client_id"], error["code"]) == (a.id, "unknown_type")

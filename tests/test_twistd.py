@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 import venv
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from websockets.sync.client import connect
@@ -66,9 +66,10 @@ def twistd_argv(python: str, *args: str) -> list[str]:
 
 
 def assert_serves(port: int) -> None:
-    with connect(f"ws://127.0.0.1:{port}/connect", proxy=None, open_timeout=5) as a, connect(
-        f"ws://127.0.0.1:{port}/connect", proxy=None, open_timeout=5
-    ) as b:
+    with (
+        connect(f"ws://127.0.0.1:{port}/connect", proxy=None, open_timeout=5) as a,
+        connect(f"ws://127.0.0.1:{port}/connect", proxy=None, open_timeout=5) as b,
+    ):
         assert '"notify-client-id"' in a.recv(5)
         assert '"notify-client-id"' in b.recv(5)
         a.send('{"type": "join", "payload": {"room_id": "r"}}')
@@ -95,7 +96,12 @@ def run_twistd(tmp_path: Path) -> Iterator:
 def test_help_documents_every_option(tmp_path: Path) -> None:
     result = subprocess.run(
         twistd_argv(sys.executable, "--help"),
-        cwd=tmp_path, env=source_env(), capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=source_env(),
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     for option in ("--port", "--interface", "--addr", "--max-message-size", "--max-room-id-length"):
@@ -123,7 +129,12 @@ def test_serves_with_addr_alias_and_port(run_twistd) -> None:
 def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], complaint: str) -> None:
     result = subprocess.run(
         twistd_argv(sys.executable, *args),
-        cwd=tmp_path, env=source_env(), capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=source_env(),
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert complaint in result.stdout + result.stderr
@@ -137,23 +148,39 @@ def test_bind_failure_aborts_start(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             twistd_argv(sys.executable, "--interface", "127.0.0.1", "--port", str(port)),
-            cwd=tmp_path, env=source_env(), capture_output=True, text=True, timeout=60,
+            cwd=tmp_path,
+            env=source_env(),
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=60,
         )
     assert result.returncode != 0
     assert "Address already in use" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
-def test_plain_install_into_fresh_venv_serves_from_any_directory(tmp_path: Path, run_twistd) -> None:
+def test_plain_install_into_fresh_venv_serves_from_any_directory(
+    tmp_path: Path, run_twistd
+) -> None:
     """pip install . (not editable) into a new venv; run twistd from elsewhere."""
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = str(env_dir / "bin" / "python")
     build = tmp_path / "src"
-    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "build", "__pycache__", "dropin.cache"))
+    shutil.copytree(
+        ROOT,
+        build,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "*.egg-info", "build", "__pycache__", "dropin.cache"
+        ),
+    )
     install = subprocess.run(
         [python, "-m", "pip", "install", "--quiet", str(build)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=600,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     shutil.rmtree(build)  # nothing may come from the source tree any more
