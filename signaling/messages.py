@@ -22,6 +22,10 @@ NOT_IN_ROOM = "not_in_room"
 ALREADY_IN_ROOM = "already_in_room"
 UNKNOWN_CLIENT = "unknown_client"
 UNSUPPORTED_FRAME = "unsupported_frame"
+ROOM_FULL = "room_full"
+TOO_MANY_ROOMS = "too_many_rooms"
+RATE_LIMITED = "rate_limited"
+JOIN_TIMEOUT = "join_timeout"
 
 ERROR_CODES = frozenset(
     {
@@ -33,6 +37,10 @@ ERROR_CODES = frozenset(
         ALREADY_IN_ROOM,
         UNKNOWN_CLIENT,
         UNSUPPORTED_FRAME,
+        ROOM_FULL,
+        TOO_MANY_ROOMS,
+        RATE_LIMITED,
+        JOIN_TIMEOUT,
     }
 )
 

@@ -2,70 +2,150 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from time import perf_counter
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.interfaces import IReactorTime
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import messages
+from .limits import Limits, RateLimiter
 from .messages import Join, ProtocolError, Relay
-from .registry import AlreadyInRoom, Room, RoomRegistry, new_client_id
+from .origin import OriginPolicy
+from .registry import AlreadyInRoom, Room, RoomFull, RoomRegistry, TooManyRooms, new_client_id
+from .stats import Stats
 
 _log = Logger()
 
+#: Close code for policy violations (rate limit, slow reader, join timeout).
+CLOSE_POLICY = 1008
 
+
+@implementer(IPushProducer)
 class SignalingProtocol(WebSocketServerProtocol):
-    """One client: parses its frames and dispatches to ``handle_*``."""
+    """One client: parses its frames and dispatches to ``handle_*``.
+
+    It is also the streaming producer registered with its transport, so it
+    learns when the client stops reading and can bound what is queued for it.
+    """
 
     factory: SignalingFactory
     client_id: str = ""
+    address: str = ""
     room: Room | None = None
     connected_at: float = 0.0
+    _limiter: RateLimiter | None = None
+    _join_timer: IDelayedCall | None = None
+    _keepalive: IDelayedCall | None = None
+    _last_seen = 0.0
+    _ping_sent_at = 0.0
+    _paused = False
+    _backlog = 0
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        factory = self.factory
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        self.address = getattr(peer, "host", None) or str(peer)
+        if factory.draining:
+            self._refuse(503, "server is shutting down")
+        if not factory.origins.allows(request.headers.get("origin")):
+            self._refuse(403, "origin not allowed")
+        limits = factory.limits
+        if limits.max_connections and len(factory.clients) >= limits.max_connections:
+            self._refuse(503, "too many connections")
+        if (
+            limits.max_connections_per_address
+            and factory.address_counts[self.address] >= limits.max_connections_per_address
+        ):
+            self._refuse(503, "too many connections from this address")
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self.factory.stats.refused_handshakes[status] += 1
+        _log.info("refused {address}: {reason}", address=self.address, reason=reason)
+        raise ConnectionDeny(status, reason)
 
     def onOpen(self) -> None:
-        self.client_id = new_client_id()
-        self.connected_at = self.factory.clock.seconds()
-        self.factory.clients[self.client_id] = self
-        _log.info("connect {client_id} from {peer}", client_id=self.client_id, peer=self.peer)
-        self.sendMessage(messages.notify_client_id(self.client_id))
+        factory = self.factory
+        self.client_id = client_id = new_client_id()
+        self.connected_at = self._last_seen = now = factory.clock.seconds()
+        factory.clients[client_id] = self
+        factory.address_counts[self.address] += 1
+        factory.stats.connections_total += 1
+        limits = factory.limits
+        if limits.rate_limit > 0:
+            self._limiter = RateLimiter(limits.rate_limit, limits.rate_burst, now)
+        # twisted.web's channel registered itself when the HTTP request came
+        # in; take its place so pauseProducing tells us the client lags.
+        transport = cast(IConsumer, self.transport)
+        transport.unregisterProducer()
+        transport.registerProducer(self, True)
+        self._start_join_timer()
+        if limits.ping_interval > 0:
+            self._keepalive = factory.clock.callLater(limits.ping_interval, self._send_keepalive)
+        _log.info("connect {client_id} from {peer}", client_id=client_id, peer=self.peer)
+        self.send_frame(messages.notify_client_id(client_id))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        started = perf_counter()
+        factory = self.factory
+        stats = factory.stats
+        stats.bytes_in += len(payload)
+        self._last_seen = now = factory.clock.seconds()
+        limiter = self._limiter
+        if limiter is not None and not limiter.allow(now):
+            self._rate_limited(limiter)
+            return
         if isBinary:
+            stats.received["invalid"] += 1
             self.send_error(
                 messages.UNSUPPORTED_FRAME, "binary frames are not supported; send JSON text"
             )
             return
         try:
-            message = messages.parse(payload, self.factory.max_room_id_length)
+            message = messages.parse(payload, factory.limits.max_room_id_length)
         except ProtocolError as e:
+            stats.received["invalid"] += 1
             self.send_error(e.code, e.message, e.in_reply_to)
             return
         kind = type(message)
         if kind is Relay:
-            self.handle_relay(message)  # type: ignore[arg-type]
+            relay = cast(Relay, message)
+            stats.received[relay.type] += 1
+            if self.handle_relay(relay):
+                stats.relayed[relay.type] += 1
+                stats.observe_relay(perf_counter() - started)
         elif kind is Join:
-            self.handle_join(message)  # type: ignore[arg-type]
+            stats.received["join"] += 1
+            self.handle_join(cast(Join, message))
         else:
+            stats.received["leave"] += 1
             self.handle_leave()
 
-    def handle_relay(self, message: Relay) -> None:
+    def handle_relay(self, message: Relay) -> bool:
+        """Forward an offer, answer or candidate; True if it was delivered."""
         room = self.room
         if room is None:
             self.send_error(
                 messages.NOT_IN_ROOM, "join a room before sending " + message.type, message.type
             )
-            return
+            return False
         target = message.target
-        if target == self.client_id or not room.send(
+        if target != self.client_id and room.send(
             target, messages.relayed(message.type, self.client_id, message.body)
         ):
-            self.send_error(
-                messages.UNKNOWN_CLIENT,
-                "no other client with this id in your room",
-                message.type,
-                client_id=target,
-            )
+            return True
+        self.send_error(
+            messages.UNKNOWN_CLIENT,
+            "no other client with this id in your room",
+            message.type,
+            client_id=target,
+        )
+        return False
 
     def handle_join(self, message: Join) -> None:
         try:
@@ -78,20 +158,32 @@ class SignalingProtocol(WebSocketServerProtocol):
                 room_id=e.args[0],
             )
             return
+        except RoomFull as e:
+            self.send_error(
+                messages.ROOM_FULL, f"the room has its maximum of {e.args[0]} members", "join"
+            )
+            return
+        except TooManyRooms:
+            self.send_error(
+                messages.TOO_MANY_ROOMS, "the server has no room for another room", "join"
+            )
+            return
         self.room = room
+        self._cancel_join_timer()
         _log.info(
             "join {client_id} room={room_id} members={members}",
             client_id=self.client_id,
             room_id=room.room_id,
             members=len(room),
         )
-        self.sendMessage(messages.joined(room.room_id, existing))
+        self.send_frame(messages.joined(room.room_id, existing))
 
     def handle_leave(self) -> None:
         if self.room is None:
             self.send_error(messages.NOT_IN_ROOM, "not in a room", "leave")
             return
         self._leave_room()
+        self._start_join_timer()
 
     def _leave_room(self) -> None:
         room = self.factory.registry.leave(self.client_id)
@@ -107,7 +199,15 @@ class SignalingProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if not self.client_id:
             return  # the opening handshake never completed
-        self.factory.clients.pop(self.client_id, None)
+        factory = self.factory
+        self._cancel_join_timer()
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        if factory.clients.pop(self.client_id, None) is not None:
+            counts = factory.address_counts
+            counts[self.address] -= 1
+            if counts[self.address] <= 0:
+                del counts[self.address]
         if self.room is not None:
             self._leave_room()
         _log.info(
@@ -118,27 +218,131 @@ class SignalingProtocol(WebSocketServerProtocol):
             clean=wasClean,
         )
 
-    def deliver(self, data: bytes) -> None:
-        """Member interface: queue one server frame for this client."""
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(data)
+    def onPong(self, payload: bytes) -> None:
+        self._last_seen = self.factory.clock.seconds()
+
+    # -- sending ---------------------------------------------------------------
+
+    def send_frame(self, data: bytes) -> None:
+        """Queue one frame, unless the client has fallen too far behind."""
+        if self.state != self.STATE_OPEN:
+            return
+        if self._paused:
+            self._backlog += len(data)
+            limit = self.factory.limits.max_send_buffer
+            if limit and self._backlog > limit:
+                self._drop_slow_consumer()
+                return
+        self.factory.stats.bytes_out += len(data)
+        self.sendMessage(data)
+
+    #: Member interface: the room delivers frames for this client here.
+    deliver = send_frame
 
     def send_error(
         self, code: str, text: str, in_reply_to: str | None = None, **details: Any
     ) -> None:
+        self.factory.stats.errors[code] += 1
         _log.info(
             "error {client_id} {code}: {text}", client_id=self.client_id, code=code, text=text
         )
         if in_reply_to is not None:
             details["in_reply_to"] = in_reply_to
-        self.sendMessage(messages.error(code, text, **details))
+        self.send_frame(messages.error(code, text, **details))
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the room hears of it at once."""
+        if self.room is not None:
+            self._leave_room()
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+
+    # -- limits ------------------------------------------------------------------
+
+    def _rate_limited(self, limiter: RateLimiter) -> None:
+        strikes = self.factory.limits.rate_limit_strikes
+        if strikes and limiter.strikes >= strikes:
+            _log.info("rate limit: closing {client_id}", client_id=self.client_id)
+            self.close_with(CLOSE_POLICY, "rate limit exceeded")
+            return
+        self.send_error(
+            messages.RATE_LIMITED,
+            f"more than {limiter.rate:g} messages a second; message dropped",
+        )
+
+    def _drop_slow_consumer(self) -> None:
+        self.factory.stats.slow_consumers += 1
+        _log.info(
+            "slow consumer {client_id}: more than {limit} bytes queued; closing",
+            client_id=self.client_id,
+            limit=self.factory.limits.max_send_buffer,
+        )
+        self.close_with(CLOSE_POLICY, "client is not reading its messages")
+
+    def _start_join_timer(self) -> None:
+        timeout = self.factory.limits.join_timeout
+        if timeout > 0:
+            self._join_timer = self.factory.clock.callLater(timeout, self._join_timed_out)
+
+    def _cancel_join_timer(self) -> None:
+        timer = self._join_timer
+        if timer is not None:
+            self._join_timer = None
+            if timer.active():
+                timer.cancel()
+
+    def _join_timed_out(self) -> None:
+        self._join_timer = None
+        timeout = self.factory.limits.join_timeout
+        self.send_error(messages.JOIN_TIMEOUT, f"no join within {timeout:g} seconds")
+        self.close_with(CLOSE_POLICY, "join timeout")
+
+    def _send_keepalive(self) -> None:
+        """Ping, unless the client spoke within the last interval anyway."""
+        if self.state != self.STATE_OPEN:
+            return
+        clock, limits = self.factory.clock, self.factory.limits
+        now = clock.seconds()
+        quiet_since = self._last_seen
+        if now - quiet_since < limits.ping_interval:
+            self._keepalive = clock.callLater(
+                quiet_since + limits.ping_interval - now, self._send_keepalive
+            )
+            return
+        self._ping_sent_at = now
+        self.sendPing()
+        self._keepalive = clock.callLater(limits.ping_timeout, self._check_keepalive)
+
+    def _check_keepalive(self) -> None:
+        if self._last_seen >= self._ping_sent_at:
+            self._send_keepalive()
+            return
+        self._keepalive = None
+        self.factory.stats.keepalive_timeouts += 1
+        _log.info("keepalive timeout {client_id}", client_id=self.client_id)
+        self.wasClean = False
+        self.wasNotCleanReason = "no answer to a keepalive ping"
+        self.dropConnection(abort=True)
+
+    # -- IPushProducer: the transport tells us when the client lags ---------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
 
 
 class SignalingFactory(WebSocketServerFactory):
     """Shares one :class:`RoomRegistry` among all connections.
 
     ``clients`` maps the id of every open connection (in a room or not) to
-    its protocol; ``clock`` is the time source (the reactor by default).
+    its protocol; ``clock`` is the time source (the reactor by default);
+    ``draining`` is set while the server shuts down.
     """
 
     protocol = SignalingProtocol  # type: ignore[assignment]
@@ -148,8 +352,7 @@ class SignalingFactory(WebSocketServerFactory):
         registry: RoomRegistry | None = None,
         *,
         clock: IReactorTime | None = None,
-        max_message_size: int = 64 * 1024,
-        max_room_id_length: int = messages.DEFAULT_MAX_ROOM_ID_LENGTH,
+        limits: Limits | None = None,
     ) -> None:
         super().__init__()
         if clock is None:
@@ -157,16 +360,27 @@ class SignalingFactory(WebSocketServerFactory):
 
             clock = cast(IReactorTime, reactor)
         self.clock = clock
-        self.registry = registry if registry is not None else RoomRegistry()
+        self.limits = limits = limits if limits is not None else Limits()
+        self.registry = (
+            registry
+            if registry is not None
+            else RoomRegistry(max_room_size=limits.max_room_size, max_rooms=limits.max_rooms)
+        )
+        self.origins = OriginPolicy(limits.allowed_origins)
+        self.stats = Stats()
+        self.started_at = clock.seconds()
+        self.draining = False
         self.clients: dict[str, SignalingProtocol] = {}
-        self.max_room_id_length = max_room_id_length
+        self.address_counts: Counter[str] = Counter()
         self.setProtocolOptions(
-            maxMessagePayloadSize=max_message_size,
-            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=limits.max_message_size,
+            maxFramePayloadSize=limits.max_message_size,
+            openHandshakeTimeout=limits.handshake_timeout,
             # Close with the proper code (1007, 1009, ...) instead of
             # dropping TCP, so clients learn why.
             failByDrop=False,
-            # setProtocolOptions resets this to False when omitted.
+            # Origins are checked in onConnect (OriginPolicy); Autobahn's own
+            # check also compares the server's scheme and port.
             allowNullOrigin=True,
             # No HTML status page (it also honours ?redirect=, an open
             # redirect): a plain GET of /connect gets an HTTP error.

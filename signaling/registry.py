@@ -34,6 +34,14 @@ class AlreadyInRoom(Exception):
     """The member is already in a room (one room per connection)."""
 
 
+class RoomFull(Exception):
+    """The room has ``max_room_size`` members already."""
+
+
+class TooManyRooms(Exception):
+    """Joining would create a room beyond ``max_rooms``."""
+
+
 class Room:
     """A named set of members; exists only while it has members."""
 
@@ -63,9 +71,15 @@ class Room:
 
 
 class RoomRegistry:
-    """All rooms, keyed by room id, and the room of every member."""
+    """All rooms, keyed by room id, and the room of every member.
 
-    def __init__(self) -> None:
+    ``max_room_size`` and ``max_rooms`` bound what joins may create; 0 means
+    no bound.
+    """
+
+    def __init__(self, max_room_size: int = 0, max_rooms: int = 0) -> None:
+        self.max_room_size = max_room_size
+        self.max_rooms = max_rooms
         self._rooms: dict[str, Room] = {}
         self._room_of: dict[str, Room] = {}
 
@@ -80,7 +94,11 @@ class RoomRegistry:
             raise AlreadyInRoom(self._room_of[client_id].room_id)
         room = self._rooms.get(room_id)
         if room is None:
+            if self.max_rooms and len(self._rooms) >= self.max_rooms:
+                raise TooManyRooms(self.max_rooms)
             room = self._rooms[room_id] = Room(room_id)
+        elif self.max_room_size and len(room.members) >= self.max_room_size:
+            raise RoomFull(self.max_room_size)
         existing = list(room.members)
         if existing:
             room.broadcast(messages.new_client(client_id))

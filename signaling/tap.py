@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.application import strports
@@ -10,10 +11,11 @@ from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
 from . import __version__
-from .messages import DEFAULT_MAX_ROOM_ID_LENGTH
+from .limits import Limits
 from .protocol import SignalingFactory
-from .registry import RoomRegistry
-from .web import build_site
+from .web import build_metrics_site, build_site
+
+_DEFAULTS = Limits()
 
 
 def _positive_int(value: str) -> int:
@@ -23,10 +25,26 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value} is negative (0 turns the limit off)")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"{value} is not a number of seconds >= 0")
+    return number
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Serve WebRTC signaling (singo-compatible) over WebSocket at ws://INTERFACE:PORT/connect."
+        "Serve WebRTC signaling (singo-compatible) over WebSocket at "
+        "ws://INTERFACE:PORT/connect, with /healthz and /metrics on the same "
+        "port. For the count and time limits, 0 turns the limit off."
     )
 
     optParameters = [
@@ -35,23 +53,116 @@ class Options(usage.Options):
         [
             "max-message-size",
             None,
-            64 * 1024,
-            "Largest accepted WebSocket message, in bytes; larger ones close "
-            "the connection with 1009.",
+            _DEFAULTS.max_message_size,
+            "Largest accepted WebSocket message, in bytes; larger ones close the "
+            "connection with 1009.",
             _positive_int,
         ],
         [
             "max-room-id-length",
             None,
-            DEFAULT_MAX_ROOM_ID_LENGTH,
+            _DEFAULTS.max_room_id_length,
             "Longest accepted room id, in characters.",
             _positive_int,
         ],
+        ["max-room-size", None, _DEFAULTS.max_room_size, "Most members in one room.", _count],
+        ["max-rooms", None, _DEFAULTS.max_rooms, "Most rooms at once.", _count],
+        [
+            "max-connections",
+            None,
+            _DEFAULTS.max_connections,
+            "Most open WebSocket connections; beyond it handshakes get HTTP 503.",
+            _count,
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            _DEFAULTS.max_connections_per_address,
+            "Most open connections from one client address (HTTP 503 beyond).",
+            _count,
+        ],
+        [
+            "rate-limit",
+            None,
+            _DEFAULTS.rate_limit,
+            "Messages a second one connection may send on average.",
+            _seconds,
+        ],
+        [
+            "rate-burst",
+            None,
+            _DEFAULTS.rate_burst,
+            "Messages one connection may send in a burst above --rate-limit.",
+            _positive_int,
+        ],
+        [
+            "rate-limit-strikes",
+            None,
+            _DEFAULTS.rate_limit_strikes,
+            "Refused messages in a row after which a connection is closed (1008).",
+            _count,
+        ],
+        [
+            "max-send-buffer",
+            None,
+            _DEFAULTS.max_send_buffer,
+            "Bytes that may queue for a client that is not reading before it is closed (1008).",
+            _count,
+        ],
+        [
+            "ping-interval",
+            None,
+            _DEFAULTS.ping_interval,
+            "Seconds between WebSocket pings to each client.",
+            _seconds,
+        ],
+        [
+            "ping-timeout",
+            None,
+            _DEFAULTS.ping_timeout,
+            "Seconds to wait for a pong before dropping the connection.",
+            _seconds,
+        ],
+        [
+            "join-timeout",
+            None,
+            _DEFAULTS.join_timeout,
+            "Seconds a connection may stay open without being in a room.",
+            _seconds,
+        ],
+        [
+            "handshake-timeout",
+            None,
+            _DEFAULTS.handshake_timeout,
+            "Seconds the opening handshake may take (and idle HTTP may wait).",
+            _seconds,
+        ],
+        [
+            "metrics-listen",
+            None,
+            None,
+            "Serve /metrics on this endpoint (e.g. tcp:9100:interface=127.0.0.1) "
+            "instead of the main port.",
+        ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["allowed-origin"] = []
 
     def opt_addr(self, value: str) -> None:
         """Alias of --interface."""
         self["interface"] = value
+
+    def opt_allowed_origin(self, pattern: str) -> None:
+        """Allow browsers from this Origin (repeatable; * is a wildcard,
+        e.g. https://*.example.com). Unset: every Origin is allowed."""
+        if not re.match(r"^(\*|[a-zA-Z][a-zA-Z0-9+.-]*)://[^/]+$", pattern):
+            raise usage.UsageError(
+                f"--allowed-origin {pattern!r} is not an origin pattern like "
+                "https://app.example.com or https://*.example.com"
+            )
+        self["allowed-origin"].append(pattern)
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -63,21 +174,42 @@ class Options(usage.Options):
             raise usage.UsageError(f"--port must be between 0 and 65535, not {self['port']}")
         if not self["interface"]:
             raise usage.UsageError("--interface must not be empty")
+        if self["ping-interval"] and not self["ping-timeout"]:
+            raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
 
     @property
     def listen_description(self) -> str:
         """The Twisted endpoint description for --port/--interface."""
         return f"tcp:{self['port']}:interface={quoteStringArgument(self['interface'])}"
 
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_message_size=self["max-message-size"],
+            max_room_id_length=self["max-room-id-length"],
+            max_room_size=self["max-room-size"],
+            max_rooms=self["max-rooms"],
+            max_connections=self["max-connections"],
+            max_connections_per_address=self["max-connections-per-address"],
+            rate_limit=self["rate-limit"],
+            rate_burst=self["rate-burst"],
+            rate_limit_strikes=self["rate-limit-strikes"],
+            max_send_buffer=self["max-send-buffer"],
+            ping_interval=self["ping-interval"],
+            ping_timeout=self["ping-timeout"],
+            join_timeout=self["join-timeout"],
+            handshake_timeout=self["handshake-timeout"],
+            allowed_origins=tuple(self["allowed-origin"]),
+        )
+
 
 def makeService(config: Options, reactor: Any = None) -> MultiService:
     """Build the signaling service from parsed options."""
     top = MultiService()
-    factory = SignalingFactory(
-        RoomRegistry(),
-        max_message_size=config["max-message-size"],
-        max_room_id_length=config["max-room-id-length"],
-    )
-    listener = strports.service(config.listen_description, build_site(factory))
-    listener.setServiceParent(top)
+    factory = SignalingFactory(clock=reactor, limits=config.limits)
+    metrics_listen = config["metrics-listen"]
+    site = build_site(factory, serve_metrics=not metrics_listen)
+    strports.service(config.listen_description, site).setServiceParent(top)
+    if metrics_listen:
+        strports.service(metrics_listen, build_metrics_site(factory)).setServiceParent(top)
     return top

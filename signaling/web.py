@@ -1,14 +1,17 @@
-"""The HTTP side: a twisted.web site with the WebSocket endpoint at ``/connect``."""
+"""The HTTP side: the WebSocket endpoint at ``/connect``, ``/healthz`` and ``/metrics``."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from autobahn.twisted.resource import WebSocketResource
+from prometheus_client import CollectorRegistry
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from . import __version__, metrics
 from .protocol import SignalingFactory
 
 WEBSOCKET_PATH = b"connect"
@@ -28,10 +31,70 @@ class _ConnectResource(WebSocketResource):
         return super().render(request)
 
 
-def build_site(factory: SignalingFactory) -> Site:
-    """A site serving ``factory`` at ``/connect``; other paths answer 404."""
-    root = _Root()
-    root.putChild(WEBSOCKET_PATH, _ConnectResource(factory))
+class HealthResource(Resource):
+    """``/healthz``: 200 with a JSON summary while serving, 503 while draining."""
+
+    isLeaf = True
+
+    def __init__(self, factory: SignalingFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def render_GET(self, request: Request) -> bytes:
+        factory = self.factory
+        request.setResponseCode(503 if factory.draining else 200)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return orjson.dumps(
+            {
+                "status": "draining" if factory.draining else "ok",
+                "uptime": round(factory.clock.seconds() - factory.started_at, 3),
+                "rooms": factory.registry.room_count,
+                "clients": len(factory.clients),
+                "version": __version__,
+            }
+        )
+
+
+class MetricsResource(Resource):
+    """``/metrics`` in the Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", metrics.CONTENT_TYPE.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return metrics.render(self.registry)
+
+
+def _site(root: Resource) -> Site:
     site = Site(root)
     site.noisy = False
     return site
+
+
+def build_site(factory: SignalingFactory, *, serve_metrics: bool = True) -> Site:
+    """The main site: ``/connect``, ``/healthz`` and (unless moved) ``/metrics``.
+
+    Other paths answer 404.
+    """
+    root = _Root()
+    root.putChild(WEBSOCKET_PATH, _ConnectResource(factory))
+    root.putChild(b"healthz", HealthResource(factory))
+    if serve_metrics:
+        root.putChild(b"metrics", MetricsResource(metrics.metrics_registry(factory)))
+    site = _site(root)
+    # twisted.web's idle timeout bounds how slowly a handshake may arrive.
+    site.timeOut = factory.limits.handshake_timeout or None
+    return site
+
+
+def build_metrics_site(factory: SignalingFactory) -> Site:
+    """A site with only ``/metrics``, for ``--metrics-listen``."""
+    root = _Root()
+    root.putChild(b"metrics", MetricsResource(metrics.metrics_registry(factory)))
+    return _site(root)

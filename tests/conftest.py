@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,9 +22,11 @@ from twisted.internet.threads import blockingCallFromThread
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from signaling.limits import Limits
 from signaling.protocol import SignalingFactory
-from signaling.registry import RoomRegistry
 from signaling.web import build_site
+
+from .twistd_process import Twistd, source_env, twistd_argv
 
 TIMEOUT = 5.0
 
@@ -118,7 +121,7 @@ class RunningServer:
 
     def __init__(self, factory: SignalingFactory, port: Any, stack: contextlib.ExitStack):
         self.factory = factory
-        self.registry: RoomRegistry = factory.registry
+        self.registry = factory.registry
         self.port = port.getHost().port
         self.url = f"ws://127.0.0.1:{self.port}/connect"
         self._stack = stack
@@ -148,12 +151,12 @@ class RunningServer:
 
 @pytest.fixture
 def make_server(reactor_thread: Any) -> Iterator[Callable[..., RunningServer]]:
-    """Start servers with given factory options; stop them after the test."""
+    """Start servers with given limits (and clock); stop them after the test."""
     ports = []
     with contextlib.ExitStack() as stack:
 
-        def start(**options: Any) -> RunningServer:
-            factory = SignalingFactory(RoomRegistry(), **options)
+        def start(clock: Any = None, **limits: Any) -> RunningServer:
+            factory = SignalingFactory(clock=clock, limits=Limits(**limits))
             port = on_reactor(reactor.listenTCP, 0, build_site(factory), interface="127.0.0.1")
             ports.append(port)
             return RunningServer(factory, port, stack)
@@ -166,3 +169,18 @@ def make_server(reactor_thread: Any) -> Iterator[Callable[..., RunningServer]]:
 @pytest.fixture
 def server(make_server: Callable[..., RunningServer]) -> RunningServer:
     return make_server()
+
+
+@pytest.fixture
+def run_twistd(tmp_path: Any) -> Iterator[Callable[..., Twistd]]:
+    """Start ``twistd -n signaling ARGS`` in a temporary directory; stop it after."""
+    started: list[Twistd] = []
+
+    def run(*args: str, python: str = sys.executable, env: dict[str, str] | None = None) -> Twistd:
+        process = Twistd(twistd_argv(python, *args), tmp_path, env or source_env())
+        started.append(process)
+        return process
+
+    yield run
+    for process in started:
+        process.stop()

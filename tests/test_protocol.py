@@ -129,7 +129,8 @@ def test_candidate_relayed_unchanged(server: RunningServer, candidate) -> None:
     assert b.expect("candidate") == {"client_id": a.id, "candidate": candidate}
 
 
-def test_order_from_one_sender_to_one_target(server: RunningServer) -> None:
+def test_order_from_one_sender_to_one_target(make_server) -> None:
+    server = make_server(rate_limit=0)
     a, b = pair(server)
     for i in range(300):
         a.offer(b.id, f"{i}")

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from signaling import messages
-from signaling.registry import AlreadyInRoom, Room, RoomRegistry, new_client_id
+from signaling.registry import (
+    AlreadyInRoom,
+    Room,
+    RoomFull,
+    RoomRegistry,
+    TooManyRooms,
+    new_client_id,
+)
 
 
 class FakeMember:
@@ -440,3 +447,32 @@ def test_new_client_id_uses_whole_alphabet() -> None:
     chars = set("".join(ids))
     assert len(chars) >= 60
     assert len({cid[:4] for cid in ids}) > 990
+
+
+def test_room_size_limit() -> None:
+    registry = RoomRegistry(max_room_size=2)
+    a, b, c = FakeMember("a"), FakeMember("b"), FakeMember("c")
+    registry.join("r", a)
+    registry.join("r", b)
+    a.received.clear()
+    with pytest.raises(RoomFull):
+        registry.join("r", c)
+    assert set(registry.room("r").members) == {"a", "b"}
+    assert registry.room_of("c") is None
+    assert a.received == []  # nobody heard of the refused joiner
+    registry.leave("b")
+    registry.join("r", c)
+    assert set(registry.room("r").members) == {"a", "c"}
+
+
+def test_room_count_limit() -> None:
+    registry = RoomRegistry(max_rooms=2)
+    registry.join("one", FakeMember("a"))
+    registry.join("two", FakeMember("b"))
+    with pytest.raises(TooManyRooms):
+        registry.join("three", FakeMember("c"))
+    assert registry.room("three") is None
+    registry.join("two", FakeMember("c"))  # existing rooms still take members
+    registry.leave("a")  # "one" is deleted, making space
+    registry.join("three", FakeMember("d"))
+    assert registry.room_count == 2

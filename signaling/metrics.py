@@ -1,0 +1,119 @@
+"""Prometheus metrics, computed from :class:`~signaling.stats.Stats` at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from .stats import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from .protocol import SignalingFactory
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class SignalingCollector(Collector):
+    """Reads one factory's state and counters each time it is collected."""
+
+    def __init__(self, factory: SignalingFactory) -> None:
+        self.factory = factory
+
+    def collect(self) -> Iterator[Metric]:
+        factory = self.factory
+        stats = factory.stats
+        registry = factory.registry
+
+        yield GaugeMetricFamily(
+            "signaling_connections_open", "Open WebSocket connections.", len(factory.clients)
+        )
+        yield CounterMetricFamily(
+            "signaling_connections",
+            "WebSocket connections opened since start.",
+            stats.connections_total,
+        )
+        yield GaugeMetricFamily("signaling_rooms", "Rooms that exist now.", registry.room_count)
+        yield GaugeMetricFamily(
+            "signaling_clients", "Clients that are in a room now.", registry.member_count
+        )
+        yield _by_label(
+            "signaling_messages_received",
+            "Client messages received, by type ('invalid' when unparseable).",
+            "type",
+            stats.received,
+        )
+        yield _by_label(
+            "signaling_messages_relayed",
+            "Offers, answers and candidates delivered to their target, by type.",
+            "type",
+            stats.relayed,
+        )
+        yield _by_label("signaling_errors", "Error messages sent, by code.", "code", stats.errors)
+        yield _by_label(
+            "signaling_handshakes_refused",
+            "WebSocket handshakes refused, by HTTP status.",
+            "status",
+            {str(k): v for k, v in stats.refused_handshakes.items()},
+        )
+        yield CounterMetricFamily(
+            "signaling_received_bytes", "Message payload bytes received.", stats.bytes_in
+        )
+        yield CounterMetricFamily(
+            "signaling_sent_bytes", "Message payload bytes sent.", stats.bytes_out
+        )
+        yield CounterMetricFamily(
+            "signaling_slow_consumers_dropped",
+            "Connections closed because they stopped reading.",
+            stats.slow_consumers,
+        )
+        yield CounterMetricFamily(
+            "signaling_keepalive_timeouts",
+            "Connections dropped for not answering a ping in time.",
+            stats.keepalive_timeouts,
+        )
+        buckets = []
+        cumulative = 0
+        for bound, count in zip(LATENCY_BUCKETS, stats.latency_counts, strict=False):
+            cumulative += count
+            buckets.append((repr(bound), cumulative))
+        cumulative += stats.latency_counts[-1]
+        buckets.append(("+Inf", cumulative))
+        yield HistogramMetricFamily(
+            "signaling_relay_latency_seconds",
+            "Time from receiving a relayed message to writing it to its target.",
+            buckets=buckets,
+            sum_value=stats.latency_sum,
+        )
+        yield GaugeMetricFamily(
+            "signaling_uptime_seconds",
+            "Seconds since the server started.",
+            factory.clock.seconds() - factory.started_at,
+        )
+
+
+def _by_label(name: str, documentation: str, label: str, counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
+
+
+def metrics_registry(factory: SignalingFactory) -> CollectorRegistry:
+    """A registry holding this server's metrics and the process's own."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SignalingCollector(factory))
+    registry.register(ProcessCollector(registry=None))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,104 @@
+"""A bare-socket WebSocket client for misbehaving peers.
+
+Well-behaved clients (``websockets``) answer pings and read everything; the
+tests of keepalive and backpressure need one that does neither.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+from typing import Any
+
+
+class RawWebSocket:
+    """Speaks just enough RFC 6455 to join a room, then does what it is told."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(5)
+        self.sock.connect((host, port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET /connect HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        self._buffer = b""
+        while b"\r\n\r\n" not in self._buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed during handshake")
+            self._buffer += chunk
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        status = head.split(b"\r\n", 1)[0]
+        if b" 101 " not in status:
+            raise ConnectionError(status.decode())
+        hello = self.recv_json()
+        assert hello["type"] == "notify-client-id", hello
+        self.id: str = hello["payload"]["client_id"]
+
+    def send_text(self, text: str) -> None:
+        payload = text.encode()
+        mask = os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            header = struct.pack("!BB", 0x81, 0x80 | length)
+        elif length < 1 << 16:
+            header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
+        else:
+            header = struct.pack("!BBQ", 0x81, 0x80 | 127, length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def send(self, kind: str, payload: dict[str, Any]) -> None:
+        self.send_text(json.dumps({"type": kind, "payload": payload}))
+
+    def _read(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+    def recv_frame(self) -> tuple[int, bytes]:
+        first, second = self._read(2)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self._read(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._read(8))
+        return first & 0x0F, self._read(length)
+
+    def recv_json(self) -> dict[str, Any]:
+        """The next text message, skipping control frames (without answering pings)."""
+        while True:
+            opcode, data = self.recv_frame()
+            if opcode == 1:
+                return json.loads(data)
+            if opcode == 8:
+                raise ConnectionError("close frame received")
+
+    def is_closed_by_peer(self, timeout: float = 5.0) -> bool:
+        """Drain what arrives; True once the server has closed the TCP connection."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
