@@ -22,15 +22,20 @@ class SignalingProtocol(WebSocketServerProtocol):
     client_id: str = ""
     room: Room | None = None
     connected_at: float = 0.0
+    #: Frames received from and sent to this client (read by the admin console).
+    messages_in: int = 0
+    messages_out: int = 0
 
     def onOpen(self) -> None:
         self.client_id = new_client_id()
         self.connected_at = self.factory.clock.seconds()
         self.factory.clients[self.client_id] = self
         _log.info("connect {client_id} from {peer}", client_id=self.client_id, peer=self.peer)
+        self.messages_out += 1
         self.sendMessage(messages.notify_client_id(self.client_id))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages_in += 1
         if isBinary:
             self.send_error(
                 messages.UNSUPPORTED_FRAME, "binary frames are not supported; send JSON text"
@@ -85,6 +90,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             room_id=room.room_id,
             members=len(room),
         )
+        self.messages_out += 1
         self.sendMessage(messages.joined(room.room_id, existing))
 
     def handle_leave(self) -> None:
@@ -108,6 +114,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         if not self.client_id:
             return  # the opening handshake never completed
         self.factory.clients.pop(self.client_id, None)
+        self.factory.closed_messages_in += self.messages_in
+        self.factory.closed_messages_out += self.messages_out
         if self.room is not None:
             self._leave_room()
         _log.info(
@@ -121,6 +129,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     def deliver(self, data: bytes) -> None:
         """Member interface: queue one server frame for this client."""
         if self.state == self.STATE_OPEN:
+            self.messages_out += 1
             self.sendMessage(data)
 
     def send_error(
@@ -131,6 +140,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         )
         if in_reply_to is not None:
             details["in_reply_to"] = in_reply_to
+        self.messages_out += 1
         self.sendMessage(messages.error(code, text, **details))
 
 
@@ -139,6 +149,8 @@ class SignalingFactory(WebSocketServerFactory):
 
     ``clients`` maps the id of every open connection (in a room or not) to
     its protocol; ``clock`` is the time source (the reactor by default).
+    ``started_at`` is when the factory was made, by ``clock``; the
+    ``closed_messages_*`` counters keep the totals of closed connections.
     """
 
     protocol = SignalingProtocol  # type: ignore[assignment]
@@ -157,6 +169,9 @@ class SignalingFactory(WebSocketServerFactory):
 
             clock = cast(IReactorTime, reactor)
         self.clock = clock
+        self.started_at = clock.seconds()
+        self.closed_messages_in = 0
+        self.closed_messages_out = 0
         self.registry = registry if registry is not None else RoomRegistry()
         self.clients: dict[str, SignalingProtocol] = {}
         self.max_room_id_length = max_room_id_length
