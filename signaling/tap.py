@@ -10,6 +10,8 @@ from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
 from . import __version__
+from .admin import Admin
+from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
 from .messages import DEFAULT_MAX_ROOM_ID_LENGTH
 from .protocol import SignalingFactory
 from .registry import RoomRegistry
@@ -47,7 +49,36 @@ class Options(usage.Options):
             "Longest accepted room id, in characters.",
             _positive_int,
         ],
+        [
+            "manhole",
+            None,
+            None,
+            "Serve the SSH admin console on this endpoint, e.g. "
+            "tcp:2222:interface=127.0.0.1 (off by default).",
+        ],
+        [
+            "manhole-keys",
+            None,
+            None,
+            "authorized_keys file of the public keys that may log in to the admin console.",
+        ],
+        [
+            "manhole-host-key",
+            None,
+            DEFAULT_HOST_KEY_PATH,
+            "The admin console's SSH host key; generated (mode 0600) if missing.",
+        ],
     ]
+
+    optFlags = [
+        [
+            "manhole-remote",
+            None,
+            "Allow --manhole to accept connections from other hosts (not only loopback).",
+        ],
+    ]
+
+    manhole: ManholeConfig | None = None
 
     def opt_addr(self, value: str) -> None:
         """Alias of --interface."""
@@ -63,6 +94,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--port must be between 0 and 65535, not {self['port']}")
         if not self["interface"]:
             raise usage.UsageError("--interface must not be empty")
+        self.manhole = manhole_config(
+            self["manhole"],
+            self["manhole-keys"],
+            self["manhole-host-key"],
+            bool(self["manhole-remote"]),
+        )
 
     @property
     def listen_description(self) -> str:
@@ -80,4 +117,6 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     )
     listener = strports.service(config.listen_description, build_site(factory))
     listener.setServiceParent(top)
+    if config.manhole is not None:
+        manhole_service(config.manhole, Admin(factory).namespace()).setServiceParent(top)
     return top
