@@ -191,6 +191,11 @@ def relayed(kind: str, sender: str, body: Any) -> bytes:
     return encode(kind, {"client_id": sender, RELAY_FIELDS[kind]: body})
 
 
+def server_message(text: str) -> bytes:
+    """A notice from the server's operator (sent from the admin console)."""
+    return encode("server-message", {"text": text})
+
+
 def error(code: str, message: str, **details: Any) -> bytes:
     payload: dict[str, Any] = {"code": code, "message": message}
     payload.update(details)

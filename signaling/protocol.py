@@ -38,6 +38,9 @@ class SignalingProtocol(WebSocketServerProtocol):
     address: str = ""
     room: Room | None = None
     connected_at: float = 0.0
+    #: Frames received from and sent to this client (read by the admin console).
+    messages_in: int = 0
+    messages_out: int = 0
     _limiter: RateLimiter | None = None
     _join_timer: IDelayedCall | None = None
     _keepalive: IDelayedCall | None = None
@@ -92,6 +95,7 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         started = perf_counter()
+        self.messages_in += 1
         factory = self.factory
         stats = factory.stats
         stats.bytes_in += len(payload)
@@ -203,6 +207,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         self._cancel_join_timer()
         if self._keepalive is not None and self._keepalive.active():
             self._keepalive.cancel()
+        factory.closed_messages_in += self.messages_in
+        factory.closed_messages_out += self.messages_out
         if factory.clients.pop(self.client_id, None) is not None:
             counts = factory.address_counts
             counts[self.address] -= 1
@@ -233,6 +239,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             if limit and self._backlog > limit:
                 self._drop_slow_consumer()
                 return
+        self.messages_out += 1
         self.factory.stats.bytes_out += len(data)
         self.sendMessage(data)
 
@@ -342,7 +349,9 @@ class SignalingFactory(WebSocketServerFactory):
 
     ``clients`` maps the id of every open connection (in a room or not) to
     its protocol; ``clock`` is the time source (the reactor by default);
-    ``draining`` is set while the server shuts down.
+    ``draining`` is set while the server shuts down; ``started_at`` is when
+    the factory was made, by ``clock``; the ``closed_messages_*`` counters keep
+    the totals of closed connections.
     """
 
     protocol = SignalingProtocol  # type: ignore[assignment]
@@ -369,6 +378,8 @@ class SignalingFactory(WebSocketServerFactory):
         self.origins = OriginPolicy(limits.allowed_origins)
         self.stats = Stats()
         self.started_at = clock.seconds()
+        self.closed_messages_in = 0
+        self.closed_messages_out = 0
         self.draining = False
         self.clients: dict[str, SignalingProtocol] = {}
         self.address_counts: Counter[str] = Counter()

@@ -11,7 +11,9 @@ from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
 from . import __version__
+from .admin import Admin
 from .limits import Limits
+from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
 from .protocol import SignalingFactory
 from .web import build_metrics_site, build_site
 
@@ -144,7 +146,36 @@ class Options(usage.Options):
             "Serve /metrics on this endpoint (e.g. tcp:9100:interface=127.0.0.1) "
             "instead of the main port.",
         ],
+        [
+            "manhole",
+            None,
+            None,
+            "Serve the SSH admin console on this endpoint, e.g. "
+            "tcp:2222:interface=127.0.0.1 (off by default).",
+        ],
+        [
+            "manhole-keys",
+            None,
+            None,
+            "authorized_keys file of the public keys that may log in to the admin console.",
+        ],
+        [
+            "manhole-host-key",
+            None,
+            DEFAULT_HOST_KEY_PATH,
+            "The admin console's SSH host key; generated (mode 0600) if missing.",
+        ],
     ]
+
+    optFlags = [
+        [
+            "manhole-remote",
+            None,
+            "Allow --manhole to accept connections from other hosts (not only loopback).",
+        ],
+    ]
+
+    manhole: ManholeConfig | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -176,6 +207,12 @@ class Options(usage.Options):
             raise usage.UsageError("--interface must not be empty")
         if self["ping-interval"] and not self["ping-timeout"]:
             raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
+        self.manhole = manhole_config(
+            self["manhole"],
+            self["manhole-keys"],
+            self["manhole-host-key"],
+            bool(self["manhole-remote"]),
+        )
 
     @property
     def listen_description(self) -> str:
@@ -212,4 +249,6 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     strports.service(config.listen_description, site).setServiceParent(top)
     if metrics_listen:
         strports.service(metrics_listen, build_metrics_site(factory)).setServiceParent(top)
+    if config.manhole is not None:
+        manhole_service(config.manhole, Admin(factory).namespace()).setServiceParent(top)
     return top

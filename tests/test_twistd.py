@@ -51,6 +51,7 @@ def test_serves_with_addr_alias_and_port(run_twistd) -> None:
         (["--port", "http"], "invalid literal"),
         (["--max-message-size", "0"], "not a positive integer"),
         (["--interface", ""], "--interface must not be empty"),
+        (["--manhole", "tcp:0", "--manhole-keys", "keys"], "accept connections from other hosts"),
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], complaint: str) -> None:
