@@ -53,6 +53,10 @@ MAX_CANDIDATE_DEPTH = 32
 RELAY_FIELDS = {"offer": "sdp", "answer": "sdp", "candidate": "candidate"}
 
 
+class NotUtf8(ValueError):
+    """A text frame's bytes are not UTF-8 (the connection must close with 1007)."""
+
+
 class ProtocolError(Exception):
     """A client message was rejected; ``code`` is one of :data:`ERROR_CODES`."""
 
@@ -90,10 +94,19 @@ _LEAVE = Leave()
 
 
 def parse(data: bytes | str, max_room_id_length: int = DEFAULT_MAX_ROOM_ID_LENGTH) -> ClientMessage:
-    """Parse and validate one client frame."""
+    """Parse and validate one client frame.
+
+    Raises :class:`NotUtf8` for bytes that are not UTF-8, which orjson
+    checks as it parses, so frames need no separate validation.
+    """
     try:
         decoded = orjson.loads(data)
     except orjson.JSONDecodeError as e:
+        if type(data) is bytes:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise NotUtf8() from None
         raise ProtocolError(INVALID_JSON, f"message is not valid JSON: {e}") from None
     if type(decoded) is not dict:
         raise ProtocolError(INVALID_MESSAGE, "message must be a JSON object")

@@ -14,6 +14,23 @@ import struct
 from typing import Any
 
 
+def client_frame(payload: bytes, opcode: int = 1, fin: bool = True, mask: bool = True) -> bytes:
+    """One client frame, masked with a random key unless told otherwise."""
+    first = (0x80 if fin else 0) | opcode
+    length = len(payload)
+    bit = 0x80 if mask else 0
+    if length < 126:
+        header = struct.pack("!BB", first, bit | length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first, bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, bit | 127, length)
+    if not mask:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
 class RawWebSocket:
     """Speaks just enough RFC 6455 to join a room, then does what it is told."""
 
@@ -46,17 +63,7 @@ class RawWebSocket:
         self.id: str = hello["payload"]["client_id"]
 
     def send_text(self, text: str) -> None:
-        payload = text.encode()
-        mask = os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", 0x81, 0x80 | length)
-        elif length < 1 << 16:
-            header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
-        else:
-            header = struct.pack("!BBQ", 0x81, 0x80 | 127, length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        self.sock.sendall(client_frame(text.encode()))
 
     def send(self, kind: str, payload: dict[str, Any]) -> None:
         self.send_text(json.dumps({"type": kind, "payload": payload}))

@@ -22,6 +22,7 @@ from signaling.messages import (
     UNKNOWN_TYPE,
     Join,
     Leave,
+    NotUtf8,
     ProtocolError,
     Relay,
     parse,
@@ -203,9 +204,10 @@ def test_not_json_is_invalid_json(data: bytes | str) -> None:
         b'{"type": "leave"\x80}',
     ],
 )
-def test_invalid_utf8_is_invalid_json(data: bytes) -> None:
-    err = rejected(data)
-    assert err.code == INVALID_JSON
+def test_invalid_utf8_is_its_own_failure(data: bytes) -> None:
+    """Not an error reply: the connection closes with 1007 (see test_protocol)."""
+    with pytest.raises(NotUtf8):
+        parse(data)
 
 
 @pytest.mark.parametrize(
@@ -585,9 +587,15 @@ def test_error_codes_are_the_documented_set() -> None:
 
 
 def assert_total(data: bytes | str, **kwargs: Any) -> Any:
-    """parse() returns a message or raises a ProtocolError with a known code."""
+    """parse() returns a message or raises a ProtocolError with a known code,
+    or NotUtf8 for exactly those bytes that are not UTF-8."""
     try:
         result = parse(data, **kwargs)
+    except NotUtf8:
+        assert isinstance(data, bytes)
+        with pytest.raises(UnicodeDecodeError):
+            data.decode("utf-8")
+        return None
     except ProtocolError as e:
         assert e.code in ERROR_CODES
         assert isinstance(e.message, str)
@@ -665,7 +673,7 @@ def test_property_arbitrary_json_values(value: Any, ensure_ascii: bool, as_bytes
     text = json.dumps(value, ensure_ascii=ensure_ascii)
     data: bytes | str = text.encode("utf-8", "surrogatepass") if as_bytes else text
     result = assert_total(data)
-    if type(value) is not dict:
+    if type(value) is not dict and result is not None:  # None: bytes not UTF-8
         assert isinstance(result, ProtocolError)
         # Non-objects are invalid_message, except what orjson refuses to read
         # (NaN/Infinity, out-of-range numbers, lone surrogates).
