@@ -19,8 +19,10 @@ from .messages import Join, NotUtf8, ProtocolError, Relay
 from .origin import OriginPolicy
 from .registry import AlreadyInRoom, Room, RoomFull, RoomRegistry, TooManyRooms, new_client_id
 from .stats import Stats
+from .tuning import skip_autobahn_debug_formatting
 
 _log = Logger()
+skip_autobahn_debug_formatting()
 
 #: Close code for policy violations (rate limit, slow reader, join timeout).
 CLOSE_POLICY = 1008
@@ -91,6 +93,11 @@ class SignalingProtocol(WebSocketServerProtocol):
         transport = cast(IConsumer, self.transport)
         transport.unregisterProducer()
         transport.registerProducer(self, True)
+        # Memory an idle connection need not keep: the raw handshake texts,
+        # and the UTF-8 validator that parse() makes redundant.
+        self.http_request_data = b""
+        self.http_response_data = ""
+        self.utf8validator = None  # type: ignore[assignment]
         self._start_join_timer()
         if limits.ping_interval > 0:
             self._keepalive = factory.clock.callLater(limits.ping_interval, self._send_keepalive)

@@ -15,6 +15,7 @@ from .admin import Admin
 from .limits import Limits
 from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
 from .protocol import SignalingFactory
+from .tuning import tune_gc
 from .web import build_metrics_site, build_site
 
 _DEFAULTS = Limits()
@@ -242,6 +243,7 @@ class Options(usage.Options):
 
 def makeService(config: Options, reactor: Any = None) -> MultiService:
     """Build the signaling service from parsed options."""
+    tune_gc()
     top = MultiService()
     factory = SignalingFactory(clock=reactor, limits=config.limits)
     metrics_listen = config["metrics-listen"]

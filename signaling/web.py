@@ -28,7 +28,15 @@ class _ConnectResource(WebSocketResource):
     def render(self, request: Request) -> Any:
         if request.postpath:
             return notFound().render(request)
-        return super().render(request)
+        result = super().render(request)
+        # The connection now belongs to the WebSocket protocol. The HTTP
+        # channel and request still refer to each other; untie them so they
+        # are freed at once instead of waiting for the cyclic GC.
+        channel = request.channel
+        if channel is not None:
+            channel.requests.clear()
+        request.channel = None  # type: ignore[assignment]
+        return result
 
 
 class HealthResource(Resource):
