@@ -29,6 +29,14 @@ class Options(usage.Options):
         "Serve WebRTC signaling (singo-compatible) over WebSocket at ws://INTERFACE:PORT/connect."
     )
 
+    optFlags = [
+        [
+            "no-demo",
+            None,
+            "Serve only the WebSocket endpoint: no demo page at / or files under /static/.",
+        ],
+    ]
+
     optParameters = [
         ["port", "p", 5000, "TCP port to listen on.", int],
         ["interface", "i", "0.0.0.0", "Address to listen on (:: for all IPv6 and IPv4)."],
@@ -78,6 +86,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         max_message_size=config["max-message-size"],
         max_room_id_length=config["max-room-id-length"],
     )
-    listener = strports.service(config.listen_description, build_site(factory))
+    site = build_site(factory, demo=not config["no-demo"])
+    listener = strports.service(config.listen_description, site)
     listener.setServiceParent(top)
     return top

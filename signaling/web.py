@@ -1,4 +1,8 @@
-"""The HTTP side: a twisted.web site with the WebSocket endpoint at ``/connect``."""
+"""The HTTP side: a twisted.web site with the WebSocket endpoint at ``/connect``.
+
+Unless turned off, the site also serves the demo page at ``/`` and the
+browser client and the page's files under ``/static/``.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,18 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from .demo import STATIC_PATH, StaticDirectory, StaticFileResource, load_static_files
 from .protocol import SignalingFactory
 
 WEBSOCKET_PATH = b"connect"
 
 
 class _Root(Resource):
+    page: IResource | None = None
+
     def getChild(self, path: bytes, request: Request) -> IResource:
+        if path == b"" and self.page is not None and not request.postpath:
+            return self.page
         return notFound()
 
 
@@ -28,10 +37,15 @@ class _ConnectResource(WebSocketResource):
         return super().render(request)
 
 
-def build_site(factory: SignalingFactory) -> Site:
-    """A site serving ``factory`` at ``/connect``; other paths answer 404."""
+def build_site(factory: SignalingFactory, *, demo: bool = True) -> Site:
+    """A site serving ``factory`` at ``/connect`` and, with ``demo``, the demo
+    page at ``/`` and its files under ``/static/``; other paths answer 404."""
     root = _Root()
     root.putChild(WEBSOCKET_PATH, _ConnectResource(factory))
+    if demo:
+        files = load_static_files()
+        root.page = StaticFileResource(files["index.html"])
+        root.putChild(STATIC_PATH, StaticDirectory(files))
     site = Site(root)
     site.noisy = False
     return site
