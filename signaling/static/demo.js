@@ -153,7 +153,7 @@ async function main() {
   });
   client.addEventListener("error", ({ detail }) => {
     if (detail.code === "server_unreachable") {
-      setProblem("server", `Cannot reach the signaling server (${client.url}).`, "error");
+      setProblem("server", `Cannot reach the signaling server at ${client.url}; retrying…`, "error");
     } else {
       setProblem(detail.code, `Error: ${detail.message}`, "error");
     }

@@ -137,13 +137,13 @@ export class SignalingClient extends EventTarget {
       this._attempt += 1;
       this._retryTimer = setTimeout(() => this.connect(), retryIn);
     }
+    this._emit("disconnected", { code: event.code, reason: event.reason, retryIn });
     if (!opened) {
       this._emit("error", {
         code: "server_unreachable",
         message: `cannot reach the signaling server at ${this.url}`,
       });
     }
-    this._emit("disconnected", { code: event.code, reason: event.reason, retryIn });
   }
 
   _onMessage(data) {
