@@ -1,0 +1,143 @@
+"""The demo page and its client library in headless Chromium, through the real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import reactor
+
+from signaling.protocol import SignalingFactory
+from signaling.web import build_site
+
+from ..conftest import on_reactor, wait_for
+from .peers import RECORD_SENT, WAIT, WAIT_MS
+
+pytestmark = pytest.mark.webrtc
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def demo_url(server, room: str, **query: str) -> str:
+    extra = "".join(f"&{k}={v}" for k, v in query.items())
+    return f"http://127.0.0.1:{server.port}/?room={room}{extra}"
+
+
+def test_three_pages_mesh_one_leaves_a_fourth_joins(server, open_page) -> None:
+    url = demo_url(server, "mesh")
+    pages = [open_page(url, RECORD_SENT) for _ in range(3)]
+    ids = [page.client_id() for page in pages]
+    assert len(set(ids)) == 3
+
+    for page, own in zip(pages, ids, strict=True):
+        page.wait_meshed(set(ids) - {own})
+    # Trickle mode (the default) sends candidates as they are found.
+    assert "candidate" in pages[0].sent_types()
+
+    pages[0].page.get_by_role("button", name="Leave").click()
+    assert wait_for(lambda: server.rooms() == {"mesh": set(ids[1:])}, WAIT)
+    for page in pages[1:]:
+        page.page.wait_for_function(
+            "id => !document.querySelector(`.tile.remote[data-peer-id='${id}']`)",
+            arg=ids[0],
+            timeout=WAIT_MS,
+        )
+    for page, own in zip(pages[1:], ids[1:], strict=True):
+        page.wait_meshed(set(ids[1:]) - {own})
+    assert "You left the room." in pages[0].status()
+
+    late = open_page(url)
+    late_id = late.client_id()
+    late.wait_meshed(set(ids[1:]))
+    for page, own in zip(pages[1:], ids[1:], strict=True):
+        page.wait_meshed({*ids[1:], late_id} - {own})
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    late.page.screenshot(path=str(ARTIFACTS / "demo-mesh.png"))
+
+
+def test_non_trickle_mode_sends_candidates_only_in_the_sdp(server, open_page) -> None:
+    url = demo_url(server, "sdp-only", trickle="0")
+    first = open_page(url, RECORD_SENT)
+    first_id = first.client_id()
+    assert wait_for(lambda: server.rooms() == {"sdp-only": {first_id}}, WAIT)
+    second = open_page(url, RECORD_SENT)
+    second_id = second.client_id()
+    first.wait_meshed({second_id})
+    second.wait_meshed({first_id})
+    assert first.sent_types() == ["join", "offer"]
+    assert second.sent_types() == ["join", "answer"]
+    for page in (first, second):
+        (sdp,) = page.page.evaluate("window.sentSdps")
+        assert "a=candidate:" in sdp
+
+
+def test_dropped_socket_reconnects_and_rejoins(server, open_page) -> None:
+    url = demo_url(server, "drop")
+    stays, drops = open_page(url), open_page(url)
+    stays_id, old_id = stays.client_id(), drops.client_id()
+    stays.wait_meshed({old_id})
+
+    on_reactor(lambda: server.factory.clients[old_id].dropConnection(abort=True))
+    drops.page.wait_for_function(
+        "old => window.demo.client.id && window.demo.client.id !== old", arg=old_id, timeout=WAIT_MS
+    )
+    new_id = drops.client_id()
+    # The server told the other page that the old id left; it meshes with the new one.
+    stays.wait_meshed({new_id})
+    drops.wait_meshed({stays_id})
+    assert server.rooms() == {"drop": {stays_id, new_id}}
+
+
+def test_unreachable_server_is_reported_and_retried(reactor_thread, open_page) -> None:
+    factory = SignalingFactory()
+    site = build_site(factory)
+    listening = on_reactor(reactor.listenTCP, 0, site, interface="127.0.0.1")
+    port = listening.getHost().port
+    page = open_page(f"http://127.0.0.1:{port}/?room=restart")
+    old_id = page.client_id()
+
+    def stop() -> Any:
+        for protocol in list(factory.clients.values()):
+            protocol.dropConnection(abort=True)
+        return listening.stopListening()
+
+    on_reactor(stop)
+    page.page.get_by_text("Cannot reach the signaling server").wait_for(timeout=WAIT_MS)
+
+    listening = on_reactor(
+        reactor.listenTCP, port, build_site(SignalingFactory()), interface="127.0.0.1"
+    )
+    try:
+        page.page.wait_for_function(
+            "old => window.demo.client.id && window.demo.client.id !== old",
+            arg=old_id,
+            timeout=WAIT_MS,
+        )
+        page.page.locator("#status").wait_for(state="hidden", timeout=WAIT_MS)
+    finally:
+        on_reactor(listening.stopListening)
+
+
+DENY_CAMERA = """
+navigator.mediaDevices.getUserMedia = () =>
+    Promise.reject(new DOMException("Permission denied", "NotAllowedError"));
+"""
+
+
+def test_page_without_camera_says_so_and_still_sees_others(server, open_page) -> None:
+    url = demo_url(server, "watch")
+    # The page without media joins first, so it is the one that offers.
+    watcher = open_page(url, DENY_CAMERA)
+    watcher_id = watcher.client_id()
+    assert wait_for(lambda: server.rooms() == {"watch": {watcher_id}}, WAIT)
+    assert "Camera and microphone access was denied" in watcher.status()
+    assert watcher.page.locator("#toggle-camera").is_disabled()
+    sender = open_page(url)
+    sender_id = sender.client_id()
+    watcher.wait_meshed({sender_id})
+    report = sender.page.evaluate(
+        "id => window.demo.client.peers.get(id).connectionState", watcher_id
+    )
+    assert report == "connected"
