@@ -192,6 +192,7 @@ export class SignalingClient extends EventTarget {
       id,
       pc,
       polite,
+      offers: 0,
       makingOffer: false,
       ignoreOffer: false,
       mediaAdded: false,
@@ -244,17 +245,19 @@ export class SignalingClient extends EventTarget {
 
   async _offer(peer) {
     const pc = peer.pc;
+    const attempt = ++peer.offers;
     try {
       peer.makingOffer = true;
       await pc.setLocalDescription();
       if (!this.trickle) await this._gathered(pc);
-      // A polite peer may have rolled back to answer a colliding offer.
-      if (pc.signalingState !== "have-local-offer") return;
+      // While gathering, a polite peer may have rolled back to answer a
+      // colliding offer, and a newer offer may have replaced this one.
+      if (attempt !== peer.offers || pc.signalingState !== "have-local-offer") return;
       this._send("offer", { client_id: peer.id, sdp: pc.localDescription.sdp });
     } catch (err) {
       this._negotiationFailed(peer, err);
     } finally {
-      peer.makingOffer = false;
+      if (attempt === peer.offers) peer.makingOffer = false;
     }
   }
 

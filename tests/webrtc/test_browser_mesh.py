@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,56 @@ def test_page_without_camera_says_so_and_still_sees_others(server, open_page) ->
         "id => window.demo.client.peers.get(id).connectionState", watcher_id
     )
     assert report == "connected"
+
+
+@pytest.mark.parametrize("trickle", ["1", "0"])
+def test_colliding_offers_are_resolved(server, open_page, trickle: str) -> None:
+    """Both sides renegotiate at once: the newcomer (polite) yields, the
+    other side's offer wins, then the newcomer's change is negotiated too."""
+    url = demo_url(server, "glare", trickle=trickle)
+    first = open_page(url, RECORD_SENT)
+    first_id = first.client_id()
+    assert wait_for(lambda: server.rooms() == {"glare": {first_id}}, WAIT)
+    second = open_page(url, RECORD_SENT)
+    second_id = second.client_id()
+    first.wait_meshed({second_id})
+    second.wait_meshed({first_id})
+    errors = """() => {
+        window.clientErrors = [];
+        window.demo.client.addEventListener("error", (e) => window.clientErrors.push(e.detail));
+    }"""
+    for page in (first, second):
+        page.page.evaluate(errors)
+    offers_sent = [page.sent_types().count("offer") for page in (first, second)]
+
+    # Hold the server still while each side adds a receive-only transceiver
+    # and sends its offer, so that each offer reaches a peer that has one out.
+    add = "id => window.demo.client.peers.get(id).addTransceiver('audio', {direction: 'recvonly'})"
+    gate = threading.Event()
+    reactor.callFromThread(gate.wait, WAIT)
+    try:
+        first.page.evaluate(add, second_id)
+        second.page.evaluate(add, first_id)
+        for page, sent in zip((first, second), offers_sent, strict=True):
+            page.page.wait_for_function(
+                "n => window.sentTypes.filter((t) => t === 'offer').length > n",
+                arg=sent,
+                timeout=WAIT_MS,
+            )
+    finally:
+        gate.set()
+
+    settled = """id => {
+        const pc = window.demo.client.peers.get(id);
+        return pc.signalingState === "stable"
+            && pc.getTransceivers().filter((t) => t.mid !== null).length === 4;
+    }"""
+    first.page.wait_for_function(settled, arg=second_id, timeout=WAIT_MS)
+    second.page.wait_for_function(settled, arg=first_id, timeout=WAIT_MS)
+    first.wait_meshed({second_id})
+    second.wait_meshed({first_id})
+    for page in (first, second):
+        assert page.page.evaluate("() => window.clientErrors") == []
+    # The newcomer's offer lost the collision, so it offered once more.
+    assert second.sent_types().count("offer") == offers_sent[1] + 2
+    assert first.sent_types().count("offer") == offers_sent[0] + 1
