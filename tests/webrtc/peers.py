@@ -64,6 +64,7 @@ class DemoPage:
     def wait_meshed(self, ids: set[str]) -> dict[str, dict[str, Any]]:
         """Wait until this page has exactly ``ids`` as peers, each 'connected',
         each tile showing video, with frames still being decoded."""
+        self.client_id()
         deadline = time.monotonic() + WAIT
         first: dict[str, dict[str, Any]] = {}
         while True:

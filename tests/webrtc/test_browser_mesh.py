@@ -195,3 +195,52 @@ def test_colliding_offers_are_resolved(server, open_page, trickle: str) -> None:
     # The newcomer's offer lost the collision, so it offered once more.
     assert second.sent_types().count("offer") == offers_sent[1] + 2
     assert first.sent_types().count("offer") == offers_sent[0] + 1
+
+
+def test_phone_sized_page_stacks_tiles_without_sideways_scrolling(server, open_page) -> None:
+    url = demo_url(server, "phone")
+    other = open_page(url)
+    other_id = other.client_id()
+    phone = open_page(url)
+    phone.page.set_viewport_size({"width": 390, "height": 844})
+    phone.wait_meshed({other_id})
+    layout = phone.page.evaluate(
+        """() => ({
+            scrollWidth: document.documentElement.scrollWidth,
+            tiles: [...document.querySelectorAll(".tile")].map((t) => t.getBoundingClientRect()),
+            buttons: [...document.querySelectorAll(".controls button")]
+                .map((b) => b.getBoundingClientRect()),
+        })"""
+    )
+    assert layout["scrollWidth"] <= 390
+    local, remote = layout["tiles"]
+    assert local["x"] == remote["x"] and remote["y"] >= local["y"] + local["height"]
+    assert local["width"] > 300
+    assert all(b["right"] <= 390 and b["height"] >= 40 for b in layout["buttons"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    phone.page.screenshot(path=str(ARTIFACTS / "demo-phone.png"))
+
+    tracks = "() => window.demo.stream.getTracks().map((t) => [t.kind, t.enabled])"
+    assert sorted(phone.page.evaluate(tracks)) == [["audio", True], ["video", True]]
+    phone.page.get_by_role("button", name="Mute").click()
+    phone.page.get_by_role("button", name="Camera off").click()
+    assert sorted(phone.page.evaluate(tracks)) == [["audio", False], ["video", False]]
+    assert phone.page.get_by_role("button", name="Unmute").get_attribute("aria-pressed") == "true"
+    phone.page.get_by_role("button", name="Camera on").click()
+    assert sorted(phone.page.evaluate(tracks)) == [["audio", False], ["video", True]]
+
+
+def test_room_comes_from_query_or_fragment_else_a_random_one(server, open_page) -> None:
+    base = f"http://127.0.0.1:{server.port}/"
+    by_fragment = open_page(base + "#team%20a")
+    by_fragment_id = by_fragment.client_id()
+    random = open_page(base)
+    random_id = random.client_id()
+    assert wait_for(lambda: len(server.rooms()) == 2, WAIT)
+    rooms = server.rooms()
+    assert rooms.pop("team a") == {by_fragment_id}
+    ((room, members),) = rooms.items()
+    assert members == {random_id} and len(room) == 12
+    assert random.page.url == f"{base}?room={room}"
+    assert random.page.input_value("#room-link") == f"{base}?room={room}"
+    assert by_fragment.page.input_value("#room-link") == f"{base}?room=team%20a"
