@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
-from twisted.web.pages import notFound
+from twisted.web.pages import errorPage, notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -65,6 +66,12 @@ class StaticFileResource(Resource):
         super().__init__()
         self.file = file
 
+    def render(self, request: Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return errorPage(405, "Method Not Allowed", "Use GET or HEAD.").render(request)
+        return super().render(request)
+
     def render_GET(self, request: Request) -> bytes:
         file = self.file
         request.setHeader(b"content-type", file.content_type)
@@ -89,3 +96,6 @@ class StaticDirectory(Resource):
         if request.postpath:
             return notFound()
         return self.files.get(path) or notFound()
+
+    def render(self, request: Request) -> Any:
+        return notFound().render(request)

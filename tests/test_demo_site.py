@@ -103,6 +103,14 @@ def test_head_sends_headers_only(fetch: Fetch) -> None:
     assert head.headers["Content-Length"] == full.headers["Content-Length"]
 
 
+def test_unknown_paths_and_methods_are_refused(fetch: Fetch) -> None:
+    for path in ("/static", "/static/", "/static/demo.js/x", "/index.html", "/demo.js"):
+        assert fetch(path).status == 404, path
+    refused = fetch("/", method="POST")
+    assert refused.status == 405
+    assert set(refused.headers["Allow"].split(", ")) == {"GET", "HEAD"}
+
+
 def test_no_demo_serves_only_the_endpoint(fetch_without_demo: Fetch) -> None:
     for path in ("/", "/?room=x", "/static/signaling-client.js", "/static/demo.css"):
         assert fetch_without_demo(path).status == 404
