@@ -44,7 +44,7 @@ def build_site(factory: SignalingFactory, *, demo: bool = True) -> Site:
     root.putChild(WEBSOCKET_PATH, _ConnectResource(factory))
     if demo:
         files = load_static_files()
-        root.page = StaticFileResource(files["index.html"])
+        root.page = StaticFileResource(files.pop("index.html"))
         root.putChild(STATIC_PATH, StaticDirectory(files))
     site = Site(root)
     site.noisy = False

@@ -104,7 +104,7 @@ def test_head_sends_headers_only(fetch: Fetch) -> None:
 
 
 def test_unknown_paths_and_methods_are_refused(fetch: Fetch) -> None:
-    for path in ("/static", "/static/", "/static/demo.js/x", "/index.html", "/demo.js"):
+    for path in ("/static", "/static/", "/static/demo.js/x", "/static/index.html", "/demo.js"):
         assert fetch(path).status == 404, path
     refused = fetch("/", method="POST")
     assert refused.status == 405
