@@ -72,14 +72,17 @@ class DemoPage:
             ready = (
                 set(report) == ids
                 and self.tile_ids() == ids
-                and all(r["state"] == "connected" and r["width"] > 0 for r in report.values())
+                and all(
+                    r["state"] == "connected" and r["width"] > 0 and r["frames"] > 0
+                    for r in report.values()
+                )
             )
-            if ready and not first:
-                first = report
-            elif ready and all(report[i]["frames"] > first[i]["frames"] > 0 for i in ids):
-                return report
-            elif not ready:
+            if not ready:
                 first = {}
+            elif not first:
+                first = report
+            elif all(report[i]["frames"] > first[i]["frames"] for i in ids):
+                return report
             assert time.monotonic() < deadline, f"not meshed with {ids}: {report}"
             time.sleep(0.3)
 
