@@ -61,10 +61,9 @@ def open_page(chromium: Any) -> Iterator[Callable[[str], DemoPage]]:
         return demo
 
     yield open_
-    for demo in pages:
-        if demo.page_errors:
-            print("page errors:", demo.page_errors)
     context.close()
+    errors = [error for demo in pages for error in demo.page_errors]
+    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 @pytest.fixture
