@@ -25,6 +25,20 @@ def demo_url(server, room: str, **query: str) -> str:
     return f"http://127.0.0.1:{server.port}/?room={room}{extra}"
 
 
+def open_meshed_pair(server, open_page, room: str, script: str | None = None, **query: str):
+    """Two pages in ``room``, the first in the room before the second opens
+    (so the first is the one that offers), meshed; returns both and their ids."""
+    url = demo_url(server, room, **query)
+    first = open_page(url, script)
+    first_id = first.client_id()
+    assert wait_for(lambda: server.rooms() == {room: {first_id}}, WAIT)
+    second = open_page(url, script)
+    second_id = second.client_id()
+    first.wait_meshed({second_id})
+    second.wait_meshed({first_id})
+    return first, first_id, second, second_id
+
+
 def test_three_pages_mesh_one_leaves_a_fourth_joins(server, open_page) -> None:
     url = demo_url(server, "mesh")
     pages = [open_page(url, RECORD_SENT) for _ in range(3)]
@@ -59,14 +73,7 @@ def test_three_pages_mesh_one_leaves_a_fourth_joins(server, open_page) -> None:
 
 
 def test_non_trickle_mode_sends_candidates_only_in_the_sdp(server, open_page) -> None:
-    url = demo_url(server, "sdp-only", trickle="0")
-    first = open_page(url, RECORD_SENT)
-    first_id = first.client_id()
-    assert wait_for(lambda: server.rooms() == {"sdp-only": {first_id}}, WAIT)
-    second = open_page(url, RECORD_SENT)
-    second_id = second.client_id()
-    first.wait_meshed({second_id})
-    second.wait_meshed({first_id})
+    first, _, second, _ = open_meshed_pair(server, open_page, "sdp-only", RECORD_SENT, trickle="0")
     assert first.sent_types() == ["join", "offer"]
     assert second.sent_types() == ["join", "answer"]
     for page in (first, second):
@@ -75,10 +82,7 @@ def test_non_trickle_mode_sends_candidates_only_in_the_sdp(server, open_page) ->
 
 
 def test_dropped_socket_reconnects_and_rejoins(server, open_page) -> None:
-    url = demo_url(server, "drop")
-    stays, drops = open_page(url), open_page(url)
-    stays_id, old_id = stays.client_id(), drops.client_id()
-    stays.wait_meshed({old_id})
+    stays, stays_id, drops, old_id = open_meshed_pair(server, open_page, "drop")
 
     on_reactor(lambda: server.factory.clients[old_id].dropConnection(abort=True))
     drops.page.wait_for_function(
@@ -148,14 +152,9 @@ def test_page_without_camera_says_so_and_still_sees_others(server, open_page) ->
 def test_colliding_offers_are_resolved(server, open_page, trickle: str) -> None:
     """Both sides renegotiate at once: the newcomer (polite) yields, the
     other side's offer wins, then the newcomer's change is negotiated too."""
-    url = demo_url(server, "glare", trickle=trickle)
-    first = open_page(url, RECORD_SENT)
-    first_id = first.client_id()
-    assert wait_for(lambda: server.rooms() == {"glare": {first_id}}, WAIT)
-    second = open_page(url, RECORD_SENT)
-    second_id = second.client_id()
-    first.wait_meshed({second_id})
-    second.wait_meshed({first_id})
+    first, first_id, second, second_id = open_meshed_pair(
+        server, open_page, "glare", RECORD_SENT, trickle=trickle
+    )
     errors = """() => {
         window.clientErrors = [];
         window.demo.client.addEventListener("error", (e) => window.clientErrors.push(e.detail));
