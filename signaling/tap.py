@@ -170,6 +170,11 @@ class Options(usage.Options):
 
     optFlags = [
         [
+            "no-demo",
+            None,
+            "Serve only the WebSocket endpoint: no demo page at / or files under /static/.",
+        ],
+        [
             "manhole-remote",
             None,
             "Allow --manhole to accept connections from other hosts (not only loopback).",
@@ -247,7 +252,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     top = MultiService()
     factory = SignalingFactory(clock=reactor, limits=config.limits)
     metrics_listen = config["metrics-listen"]
-    site = build_site(factory, serve_metrics=not metrics_listen)
+    site = build_site(factory, serve_metrics=not metrics_listen, demo=not config["no-demo"])
     strports.service(config.listen_description, site).setServiceParent(top)
     if metrics_listen:
         strports.service(metrics_listen, build_metrics_site(factory)).setServiceParent(top)

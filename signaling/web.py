@@ -1,4 +1,8 @@
-"""The HTTP side: the WebSocket endpoint at ``/connect``, ``/healthz`` and ``/metrics``."""
+"""The HTTP side: the WebSocket endpoint at ``/connect``, ``/healthz`` and ``/metrics``.
+
+Unless turned off, the site also serves the demo page at ``/`` and the
+browser client and the page's files under ``/static/``.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,18 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from . import __version__, metrics
+from .demo import STATIC_PATH, StaticDirectory, StaticFileResource, load_static_files
 from .protocol import SignalingFactory
 
 WEBSOCKET_PATH = b"connect"
 
 
 class _Root(Resource):
+    page: IResource | None = None
+
     def getChild(self, path: bytes, request: Request) -> IResource:
+        if path == b"" and self.page is not None and not request.postpath:
+            return self.page
         return notFound()
 
 
@@ -85,13 +94,17 @@ def _site(root: Resource) -> Site:
     return site
 
 
-def build_site(factory: SignalingFactory, *, serve_metrics: bool = True) -> Site:
-    """The main site: ``/connect``, ``/healthz`` and (unless moved) ``/metrics``.
-
-    Other paths answer 404.
+def build_site(factory: SignalingFactory, *, serve_metrics: bool = True, demo: bool = True) -> Site:
+    """The main site: ``/connect``, ``/healthz``, ``/metrics`` (unless moved)
+    and, with ``demo``, the demo page at ``/`` and its files under
+    ``/static/``. Other paths answer 404.
     """
     root = _Root()
     root.putChild(WEBSOCKET_PATH, _ConnectResource(factory))
+    if demo:
+        files = load_static_files()
+        root.page = StaticFileResource(files.pop("index.html"))
+        root.putChild(STATIC_PATH, StaticDirectory(files))
     root.putChild(b"healthz", HealthResource(factory))
     if serve_metrics:
         root.putChild(b"metrics", MetricsResource(metrics.metrics_registry(factory)))

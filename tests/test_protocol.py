@@ -290,7 +290,7 @@ def test_default_message_size_limit_is_64k(server: RunningServer) -> None:
 
 
 def test_other_paths_are_404(server: RunningServer) -> None:
-    for path in ("/", "/other", "/connect/x"):
+    for path in ("/other", "/connect/x", "/static/", "/static/nope.js", "/index.html"):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5)
         assert info.value.code == 404

@@ -7,6 +7,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import venv
 from pathlib import Path
 
@@ -15,6 +17,23 @@ import pytest
 from signaling.tap import Options
 
 from .twistd_process import ROOT, assert_serves, source_env, twistd_argv
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """Status and body of a plain GET (no proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def assert_serves_demo(port: int) -> None:
+    status, page = http_get(port, "/?room=r")
+    assert status == 200 and b"static/demo.js" in page
+    status, client = http_get(port, "/static/signaling-client.js")
+    assert status == 200 and b"export class SignalingClient" in client
 
 
 def test_help_documents_every_option(tmp_path: Path) -> None:
@@ -39,9 +58,17 @@ def test_help_documents_every_option(tmp_path: Path) -> None:
 def test_serves_with_addr_alias_and_port(run_twistd) -> None:
     server = run_twistd("--addr", "127.0.0.1", "--port", "0")
     assert_serves(server.port)
+    assert_serves_demo(server.port)
     output = server.stop()
     assert "Server Shut Down" in output
     assert "connect " in output and "join " in output
+
+
+def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:
+    server = run_twistd("--interface", "127.0.0.1", "--port", "0", "--no-demo")
+    assert_serves(server.port)
+    for path in ("/", "/static/signaling-client.js", "/static/demo.js"):
+        assert http_get(server.port, path)[0] == 404
 
 
 @pytest.mark.parametrize(
@@ -115,5 +142,6 @@ def test_plain_install_into_fresh_venv_serves_from_any_directory(
     clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     server = run_twistd("--interface", "127.0.0.1", "--port", "0", python=python, env=clean_env)
     assert_serves(server.port)
+    assert_serves_demo(server.port)  # the static files are package data
     assert server.process.poll() is None
     assert "Server Shut Down" in server.stop()

@@ -1,0 +1,181 @@
+// The demo video room: camera preview, one tile per remote peer, controls.
+// Room from the URL (?room=abc or #abc), else a new random one.
+// ?trickle=0 sends candidates inside the SDP instead of trickling them.
+
+import { SignalingClient, connectUrl } from "./signaling-client.js";
+
+const $ = (id) => document.getElementById(id);
+const tiles = $("tiles");
+const micButton = $("toggle-mic");
+const cameraButton = $("toggle-camera");
+const leaveButton = $("leave");
+const params = new URLSearchParams(location.search);
+
+function chooseRoom() {
+  const fromUrl = params.get("room") || decodeURIComponent(location.hash.slice(1));
+  if (fromUrl) return fromUrl;
+  const bytes = crypto.getRandomValues(new Uint8Array(6));
+  const room = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  params.set("room", room);
+  history.replaceState(null, "", `${location.pathname}?${params}`);
+  return room;
+}
+
+function showStatus(text, kind = "warn") {
+  const status = $("status");
+  status.textContent = text;
+  status.className = `status ${kind}`;
+  status.hidden = !text;
+}
+
+// Statuses by topic, so a fixed problem clears only its own message.
+const problems = new Map();
+function setProblem(topic, text, kind = "warn") {
+  if (text) problems.set(topic, { text, kind });
+  else problems.delete(topic);
+  const shown = [...problems.values()];
+  const worst = shown.find((p) => p.kind === "error") ?? shown[0];
+  showStatus(shown.map((p) => p.text).join(" "), worst?.kind);
+}
+
+async function openCamera() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    setProblem("camera", "This page needs HTTPS (or localhost) to use the camera; you can still watch others.");
+    return null;
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: { width: { ideal: 1280 }, height: { ideal: 720 } },
+    });
+  } catch (err) {
+    const why = {
+      NotAllowedError: "Camera and microphone access was denied.",
+      NotFoundError: "No camera or microphone was found.",
+      NotReadableError: "The camera or microphone is in use by another application.",
+    }[err.name] ?? `The camera could not be opened (${err.message || err.name}).`;
+    setProblem("camera", `${why} You can still see and hear the others; allow access and reload to be seen.`, "error");
+    return null;
+  }
+}
+
+function tileFor(id) {
+  let tile = tiles.querySelector(`[data-peer-id="${CSS.escape(id)}"]`);
+  if (!tile) {
+    tile = document.createElement("figure");
+    tile.className = "tile remote";
+    tile.dataset.peerId = id;
+    tile.dataset.state = "new";
+    const video = document.createElement("video");
+    video.autoplay = true;
+    video.playsInline = true;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `Peer ${id.slice(0, 6)}`;
+    tile.append(video, caption);
+    tiles.append(tile);
+  }
+  return tile;
+}
+
+// Browsers may refuse to autoplay sound; then play muted and offer a button.
+function play(tile) {
+  const video = tile.querySelector("video");
+  video.play().catch(() => {
+    video.muted = true;
+    video.play().catch(() => {});
+    if (tile.querySelector(".unmute")) return;
+    const unmute = document.createElement("button");
+    unmute.className = "unmute primary";
+    unmute.textContent = "Unmute";
+    unmute.onclick = () => {
+      video.muted = false;
+      unmute.remove();
+    };
+    tile.append(unmute);
+  });
+}
+
+function bindToggle(button, track, onLabel, offLabel) {
+  if (!track) return;
+  button.disabled = false;
+  button.onclick = () => {
+    track.enabled = !track.enabled;
+    button.setAttribute("aria-pressed", String(!track.enabled));
+    button.textContent = track.enabled ? onLabel : offLabel;
+  };
+}
+
+async function main() {
+  const room = chooseRoom();
+  $("room-name").textContent = room;
+  const link = `${location.origin}${location.pathname}?room=${encodeURIComponent(room)}`;
+  $("room-link").value = link;
+  $("share").onsubmit = async (event) => {
+    event.preventDefault();
+    try {
+      await navigator.clipboard.writeText(link);
+      $("copy-link").textContent = "Copied";
+    } catch {
+      $("room-link").select(); // let the user copy it by hand
+    }
+  };
+
+  const stream = await openCamera();
+  if (stream) {
+    $("local-video").srcObject = stream;
+    bindToggle(micButton, stream.getAudioTracks()[0], "Mute", "Unmute");
+    bindToggle(cameraButton, stream.getVideoTracks()[0], "Camera off", "Camera on");
+  }
+
+  const client = new SignalingClient(connectUrl(), {
+    room,
+    stream,
+    trickle: params.get("trickle") !== "0",
+  });
+  window.demo = { client, stream };
+
+  client.addEventListener("open", () => setProblem("server", null));
+  client.addEventListener("peer-joined", ({ detail }) => tileFor(detail.id));
+  client.addEventListener("peer-left", ({ detail }) => tileFor(detail.id).remove());
+  client.addEventListener("stream", ({ detail }) => {
+    const tile = tileFor(detail.id);
+    const video = tile.querySelector("video");
+    if (video.srcObject !== detail.stream) video.srcObject = detail.stream;
+    play(tile);
+  });
+  client.addEventListener("peer-state", ({ detail }) => {
+    tileFor(detail.id).dataset.state = detail.state;
+  });
+  client.addEventListener("disconnected", ({ detail }) => {
+    if (detail.retryIn === null) return;
+    const seconds = Math.ceil(detail.retryIn / 1000);
+    setProblem("server", `Lost the connection to the server; retrying in ${seconds} s…`, "error");
+  });
+  client.addEventListener("error", ({ detail }) => {
+    if (detail.code === "server_unreachable") {
+      setProblem("server", `Cannot reach the signaling server at ${client.url}; retrying…`, "error");
+    } else {
+      setProblem(detail.code, `Error: ${detail.message}`, "error");
+    }
+  });
+
+  leaveButton.onclick = () => {
+    if (leaveButton.dataset.left) {
+      location.reload();
+      return;
+    }
+    client.close();
+    stream?.getTracks().forEach((track) => track.stop());
+    $("local-video").srcObject = null;
+    micButton.disabled = cameraButton.disabled = true;
+    problems.clear();
+    showStatus("You left the room.", "info");
+    leaveButton.dataset.left = "1";
+    leaveButton.textContent = "Rejoin";
+    leaveButton.className = "primary";
+  };
+
+  client.connect();
+}
+
+main();

@@ -1,0 +1,334 @@
+// A browser client for the signaling server: joins a room over WebSocket and
+// keeps one RTCPeerConnection to every other member (full mesh).
+//
+// Call flow: every member already in the room offers to a newcomer when it
+// gets `new-client`; the newcomer answers.  Later renegotiation (ICE restart,
+// track changes) uses "perfect negotiation": of any two peers the newcomer is
+// the polite one, so simultaneous offers resolve without deadlock.
+//
+// No dependencies and no build step: import it as an ES module.
+
+const KINDS = ["audio", "video"];
+
+/**
+ * Events (all CustomEvent, data in `event.detail`):
+ * - `open` {id}: connected; `id` is this client's id until the next reconnect.
+ * - `joined` {room, peers}: in the room; `peers` were there before us.
+ * - `peer-joined` {id}, `peer-left` {id}: a member appeared or is gone.
+ * - `stream` {id, stream, track}: a remote track arrived; `stream` is the
+ *   same MediaStream for every track of that peer.
+ * - `peer-state` {id, state}: the RTCPeerConnection's connectionState.
+ * - `disconnected` {code, reason, retryIn}: the socket closed; a reconnect
+ *   follows after `retryIn` ms (null when it will not).
+ * - `error` {code, message, ...}: a server `error` payload, or a client-side
+ *   problem (`server_unreachable`, `negotiation_failed`, `bad_message`).
+ * - `closed`: close() finished; nothing more happens.
+ */
+export class SignalingClient extends EventTarget {
+  /**
+   * @param {string} url  ws:// or wss:// URL of the server's /connect.
+   * @param {object} [options]
+   * @param {string} [options.room]  Room to join as soon as connected.
+   * @param {MediaStream} [options.stream]  Local media sent to every peer.
+   * @param {RTCConfiguration} [options.rtcConfig]  ICE servers etc.
+   * @param {boolean} [options.trickle=true]  Send candidates as they are
+   *   found; false waits for gathering to finish and sends them in the SDP.
+   * @param {number} [options.gatherTimeout=5000]  Non-trickle: longest wait
+   *   for gathering (ms) before sending what was found.
+   * @param {boolean} [options.reconnect=true]  Reconnect after a drop.
+   * @param {number} [options.minRetryDelay=500]  First reconnect delay (ms),
+   *   doubled per failed attempt up to `maxRetryDelay`.
+   * @param {number} [options.maxRetryDelay=10000]
+   */
+  constructor(url, options = {}) {
+    super();
+    this.url = url;
+    this.stream = options.stream ?? null;
+    this.rtcConfig = options.rtcConfig ?? { iceServers: [] };
+    this.trickle = options.trickle ?? true;
+    this.gatherTimeout = options.gatherTimeout ?? 5000;
+    this.reconnect = options.reconnect ?? true;
+    this.minRetryDelay = options.minRetryDelay ?? 500;
+    this.maxRetryDelay = options.maxRetryDelay ?? 10000;
+    this._room = options.room ?? null;
+    this._id = null;
+    this._ws = null;
+    this._peers = new Map();
+    this._closed = false;
+    this._attempt = 0;
+    this._retryTimer = null;
+  }
+
+  /** This client's id while connected, else null. */
+  get id() {
+    return this._id;
+  }
+
+  /** The room joined (or to be joined on connect), else null. */
+  get room() {
+    return this._room;
+  }
+
+  /** A new Map of peer id to its RTCPeerConnection. */
+  get peers() {
+    return new Map([...this._peers].map(([id, peer]) => [id, peer.pc]));
+  }
+
+  /** Open the socket (and join `room` once the server greets us). */
+  connect() {
+    if (this._ws) return;
+    this._closed = false;
+    const ws = new WebSocket(this.url);
+    this._ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      this._attempt = 0;
+    };
+    ws.onmessage = (event) => this._onMessage(event.data);
+    ws.onclose = (event) => this._onSocketClose(ws, event, opened);
+  }
+
+  /** Join `room` (leaving the current one first). */
+  join(room) {
+    if (this._room !== null) this.leave();
+    this._room = room;
+    if (this._id !== null) this._send("join", { room_id: room });
+  }
+
+  /** Leave the room and hang up on every peer; the socket stays open. */
+  leave() {
+    if (this._room === null) return;
+    if (this._id !== null) this._send("leave", {});
+    this._room = null;
+    this._dropPeers();
+  }
+
+  /** Leave, close the socket and stop reconnecting. */
+  close() {
+    this._closed = true;
+    clearTimeout(this._retryTimer);
+    this.leave();
+    const ws = this._ws;
+    this._ws = null;
+    this._id = null;
+    if (ws) ws.close(1000);
+    this._emit("closed");
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _send(type, payload) {
+    const ws = this._ws;
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type, payload }));
+  }
+
+  _onSocketClose(ws, event, opened) {
+    if (ws !== this._ws) return; // closed by close(), or superseded
+    this._ws = null;
+    this._id = null;
+    this._dropPeers(); // the server tells the others we left
+    if (this._closed) return;
+    let retryIn = null;
+    if (this.reconnect) {
+      retryIn = Math.min(this.maxRetryDelay, this.minRetryDelay * 2 ** this._attempt);
+      this._attempt += 1;
+      this._retryTimer = setTimeout(() => this.connect(), retryIn);
+    }
+    this._emit("disconnected", { code: event.code, reason: event.reason, retryIn });
+    if (!opened) {
+      this._emit("error", {
+        code: "server_unreachable",
+        message: `cannot reach the signaling server at ${this.url}`,
+      });
+    }
+  }
+
+  _onMessage(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      this._emit("error", { code: "bad_message", message: "the server sent invalid JSON" });
+      return;
+    }
+    const payload = message.payload ?? {};
+    switch (message.type) {
+      case "notify-client-id":
+        this._id = payload.client_id;
+        this._emit("open", { id: this._id });
+        if (this._room !== null) this._send("join", { room_id: this._room });
+        break;
+      case "joined":
+        this._emit("joined", { room: payload.room_id, peers: payload.clients });
+        for (const id of payload.clients) this._addPeer(id, true);
+        break;
+      case "new-client":
+        // We were here first: we offer (negotiationneeded fires once the
+        // local media or receive-only transceivers are added).
+        this._addLocalMedia(this._addPeer(payload.client_id, false), true);
+        break;
+      case "offer":
+      case "answer":
+      case "candidate":
+        this._onSignal(message.type, payload);
+        break;
+      case "leave-client":
+        this._removePeer(payload.client_id);
+        break;
+      case "error":
+        this._emit("error", payload);
+        break;
+    }
+  }
+
+  _addPeer(id, polite) {
+    const existing = this._peers.get(id);
+    if (existing) return existing;
+    const pc = new RTCPeerConnection(this.rtcConfig);
+    const peer = {
+      id,
+      pc,
+      polite,
+      offers: 0,
+      makingOffer: false,
+      ignoreOffer: false,
+      mediaAdded: false,
+      stream: new MediaStream(),
+      queue: Promise.resolve(),
+    };
+    this._peers.set(id, peer);
+    pc.onicecandidate = ({ candidate }) => {
+      if (this.trickle && candidate && candidate.candidate) {
+        this._send("candidate", { client_id: id, candidate: candidate.toJSON() });
+      }
+    };
+    pc.onnegotiationneeded = () => this._offer(peer);
+    pc.ontrack = ({ track }) => {
+      peer.stream.addTrack(track);
+      this._emit("stream", { id, stream: peer.stream, track });
+    };
+    pc.onconnectionstatechange = () => {
+      if (this._peers.get(id) !== peer) return;
+      this._emit("peer-state", { id, state: pc.connectionState });
+      if (pc.connectionState === "failed") pc.restartIce();
+    };
+    this._emit("peer-joined", { id });
+    return peer;
+  }
+
+  _removePeer(id) {
+    const peer = this._peers.get(id);
+    if (!peer) return;
+    this._peers.delete(id);
+    peer.pc.close();
+    this._emit("peer-left", { id });
+  }
+
+  _dropPeers() {
+    for (const id of [...this._peers.keys()]) this._removePeer(id);
+  }
+
+  // The offering side adds receive-only transceivers for media it lacks, so
+  // it can watch without a camera; the answering side reuses the offered ones.
+  _addLocalMedia(peer, offering) {
+    if (peer.mediaAdded) return;
+    peer.mediaAdded = true;
+    for (const kind of KINDS) {
+      const track = this.stream?.getTracks().find((t) => t.kind === kind);
+      if (track) peer.pc.addTrack(track, this.stream);
+      else if (offering) peer.pc.addTransceiver(kind, { direction: "recvonly" });
+    }
+  }
+
+  async _offer(peer) {
+    const pc = peer.pc;
+    const attempt = ++peer.offers;
+    try {
+      peer.makingOffer = true;
+      await pc.setLocalDescription();
+      if (!this.trickle) await this._gathered(pc);
+      // While gathering, a polite peer may have rolled back to answer a
+      // colliding offer, and a newer offer may have replaced this one.
+      if (attempt !== peer.offers || pc.signalingState !== "have-local-offer") return;
+      this._send("offer", { client_id: peer.id, sdp: pc.localDescription.sdp });
+    } catch (err) {
+      this._negotiationFailed(peer, err);
+    } finally {
+      if (attempt === peer.offers) peer.makingOffer = false;
+    }
+  }
+
+  // Offers, answers and candidates of one peer are handled strictly in order.
+  _onSignal(type, payload) {
+    const id = payload.client_id;
+    // An offer from someone we have not seen means they were there first.
+    const peer = this._peers.get(id) ?? (type === "offer" ? this._addPeer(id, true) : null);
+    if (!peer) return;
+    const step = type === "candidate" ? () => this._onCandidate(peer, payload.candidate)
+      : () => this._onDescription(peer, type, payload.sdp);
+    peer.queue = peer.queue.then(step).catch((err) => this._negotiationFailed(peer, err));
+  }
+
+  async _onDescription(peer, type, sdp) {
+    const pc = peer.pc;
+    if (pc.signalingState === "closed") return;
+    const collision = type === "offer" && (peer.makingOffer || pc.signalingState !== "stable");
+    peer.ignoreOffer = !peer.polite && collision;
+    if (peer.ignoreOffer) return;
+    if (type === "answer" && pc.signalingState !== "have-local-offer") return; // stale
+    await pc.setRemoteDescription({ type, sdp });
+    if (type !== "offer") return;
+    this._addLocalMedia(peer, false);
+    await pc.setLocalDescription();
+    if (!this.trickle) await this._gathered(pc);
+    if (pc.signalingState === "closed") return;
+    this._send("answer", { client_id: peer.id, sdp: pc.localDescription.sdp });
+  }
+
+  async _onCandidate(peer, candidate) {
+    if (!candidate) return;
+    const init = typeof candidate === "string" ? { candidate, sdpMLineIndex: 0 } : candidate;
+    try {
+      await peer.pc.addIceCandidate(init);
+    } catch (err) {
+      if (!peer.ignoreOffer && peer.pc.signalingState !== "closed") throw err;
+    }
+  }
+
+  _gathered(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      };
+      const check = () => {
+        if (pc.iceGatheringState === "complete") done();
+      };
+      const timer = setTimeout(done, this.gatherTimeout);
+      pc.addEventListener("icegatheringstatechange", check);
+    });
+  }
+
+  _negotiationFailed(peer, err) {
+    if (this._peers.get(peer.id) !== peer) return; // already gone
+    this._emit("error", {
+      code: "negotiation_failed",
+      message: `negotiation with ${peer.id} failed: ${err}`,
+      client_id: peer.id,
+    });
+  }
+}
+
+/** The /connect URL of the server that served `pageUrl` (ws: or wss:). */
+export function connectUrl(pageUrl = location.href) {
+  const url = new URL("connect", pageUrl);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.search = "";
+  url.hash = "";
+  return url.href;
+}
