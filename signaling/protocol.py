@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -22,6 +23,16 @@ class SignalingProtocol(WebSocketServerProtocol):
     client_id: str = ""
     room: Room | None = None
     connected_at: float = 0.0
+
+    @property
+    def client_address(self) -> str:
+        """The client's address, e.g. ``tcp4:192.0.2.7:50412``; with ``--trust-proxy``,
+        the address the trusted proxies put in X-Forwarded-For."""
+        return self.peer or "unknown"
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        if self.factory.draining:
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "server is shutting down")
 
     def onOpen(self) -> None:
         self.client_id = new_client_id()
@@ -139,6 +150,8 @@ class SignalingFactory(WebSocketServerFactory):
 
     ``clients`` maps the id of every open connection (in a room or not) to
     its protocol; ``clock`` is the time source (the reactor by default).
+    ``trust_proxy`` is how many proxies in front add to X-Forwarded-For.
+    While ``draining`` (set as shutdown starts) new handshakes are refused.
     """
 
     protocol = SignalingProtocol  # type: ignore[assignment]
@@ -150,6 +163,7 @@ class SignalingFactory(WebSocketServerFactory):
         clock: IReactorTime | None = None,
         max_message_size: int = 64 * 1024,
         max_room_id_length: int = messages.DEFAULT_MAX_ROOM_ID_LENGTH,
+        trust_proxy: int = 0,
     ) -> None:
         super().__init__()
         if clock is None:
@@ -159,6 +173,7 @@ class SignalingFactory(WebSocketServerFactory):
         self.clock = clock
         self.registry = registry if registry is not None else RoomRegistry()
         self.clients: dict[str, SignalingProtocol] = {}
+        self.draining = False
         self.max_room_id_length = max_room_id_length
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_size,
@@ -171,4 +186,5 @@ class SignalingFactory(WebSocketServerFactory):
             # No HTML status page (it also honours ?redirect=, an open
             # redirect): a plain GET of /connect gets an HTTP error.
             webStatus=False,
+            trustXForwardedFor=trust_proxy,
         )
