@@ -172,3 +172,22 @@ def test_a_silent_client_does_not_hold_twistd_past_the_shutdown_timeout(tmp_path
         assert 1.4 <= elapsed < 5, elapsed
         assert silent.got_close(1001)
         server.wait_for(r"closed 1 connections: 0 closed cleanly, 1 dropped after the 1.5s")
+
+
+def test_a_second_signal_drops_the_remaining_clients_at_once(tmp_path: Path) -> None:
+    with twistd(
+        tmp_path, "--interface", "127.0.0.1", "--port", "0", "--shutdown-timeout", "60"
+    ) as server:
+        [port] = server.ports()
+        silent = SilentClient(port)
+        try:
+            server.signal(signal.SIGTERM)
+            server.wait_for(r"closing 1 connections")
+            started = time.monotonic()
+            server.signal(signal.SIGINT)
+            assert server.wait_exit(timeout=10) == 0
+            assert time.monotonic() - started < 5
+        finally:
+            silent.close()
+        server.wait_for(r"SIGINT again: dropping the remaining connections")
+        server.wait_for(r"closed 1 connections: 0 closed cleanly, 1 dropped")

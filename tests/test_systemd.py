@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -12,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
 
 from signaling.systemd import notify, notify_address
 
-from .conftest import TIMEOUT
+from .conftest import TIMEOUT, Client
 from .server_process import twistd, usage_error
 from .test_twistd import ROOT, assert_serves, source_env, twistd_argv
 
@@ -100,11 +102,21 @@ def test_twistd_tells_systemd_ready_and_stopping(
         assert server.wait_exit() == 0
 
 
-def test_socket_activation(tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
+@pytest.mark.parametrize(
+    ("family", "domain", "address"),
+    [(socket.AF_INET, "INET", "127.0.0.1"), (socket.AF_INET6, "INET6", "::1")],
+)
+def test_socket_activation(
+    tmp_path: Path,
+    notify_socket: tuple[socket.socket, str],
+    family: socket.AddressFamily,
+    domain: str,
+    address: str,
+) -> None:
     """The real twistd on a listening socket inherited as systemd passes it."""
     notifications, notify_path = notify_socket
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
+    with socket.socket(family) as listening:
+        listening.bind((address, 0))
         listening.listen()
         port = listening.getsockname()[1]
         env = source_env() | {
@@ -116,15 +128,24 @@ def test_socket_activation(tmp_path: Path, notify_socket: tuple[socket.socket, s
         with twistd(
             tmp_path,
             "--listen",
-            "systemd:domain=INET:name=signaling",
+            f"systemd:domain={domain}:name=signaling",
             env=env,
             wrapper=wrapper,
             pass_fds=(listening.fileno(),),
         ) as server:
             assert "READY=1" in received(notifications)
             listening.close()  # from now on only the server holds the socket
-            assert_serves(port)
-            server.wait_for(r"connect \S+ from tcp4:127\.0\.0\.1:")
+            host = f"[{address}]" if family == socket.AF_INET6 else address
+            url = f"ws://{host}:{port}/connect"
+            with (
+                connect(url, proxy=None, open_timeout=TIMEOUT) as a_ws,
+                connect(url, proxy=None, open_timeout=TIMEOUT) as b_ws,
+            ):
+                a, b = Client(a_ws), Client(b_ws)
+                a.join("activated")
+                assert b.join("activated") == [a.id]
+                assert a.expect("new-client") == {"client_id": b.id}
+            server.wait_for(rf"connect \S+ from tcp[46]:{re.escape(address)}:")
             server.signal(signal.SIGTERM)
             assert "STOPPING=1" in received(notifications)
             assert server.wait_exit() == 0
