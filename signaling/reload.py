@@ -36,12 +36,14 @@ class CertificateReloader(Service):
 
     A poll reloads once per change it sees, so files that stay broken log
     one error, not one per poll.  ``interval`` 0 turns polling off.  With
-    ``reactor`` given, SIGHUP reloads too.
+    ``reactor`` given, SIGHUP reloads too.  Without ``tls`` there is nothing
+    to reload, and SIGHUP is only logged: ``systemctl reload`` must never
+    kill the server.
     """
 
     def __init__(
         self,
-        tls: ReloadableServerTLS,
+        tls: ReloadableServerTLS | None,
         interval: float,
         clock: IReactorTime,
         reactor: Any = None,
@@ -55,17 +57,22 @@ class CertificateReloader(Service):
         self._restore_handler: Callable[[], None] = lambda: None
 
     def _versions(self) -> tuple[FileVersion, FileVersion]:
+        if self.tls is None:
+            return (None, None)
         return (file_version(self.tls.cert_path), file_version(self.tls.key_path))
 
     def check_files(self) -> None:
         """Reload if either file changed since the last look."""
         versions = self._versions()
-        if versions != self._seen:
+        if versions != self._seen and self.tls is not None:
             self._seen = versions
             _log.info("TLS certificate or key file changed; reloading")
             self.tls.reload()
 
     def _on_sighup(self, signum: int) -> None:
+        if self.tls is None:
+            _log.info("SIGHUP: no TLS certificate to reload")
+            return
         _log.info("SIGHUP: reloading the TLS certificate")
         self._seen = self._versions()
         self.tls.reload()
@@ -76,11 +83,13 @@ class CertificateReloader(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._reactor is not None:
+            self._reactor.callWhenRunning(self._install_handler)
+        if self.tls is None:
+            return
         _log.info(
             "TLS certificate: {certificate}", certificate=describe(self.tls.current.certificate)
         )
-        if self._reactor is not None:
-            self._reactor.callWhenRunning(self._install_handler)
         if self.interval > 0:
             self._poll = LoopingCall(self.check_files)
             self._poll.clock = self._clock

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -72,7 +74,8 @@ class GracefulShutdown(Service):
             self._finish_now()
         elif self.running:
             _log.info("{signal}: shutting down", signal=name)
-            self._reactor.stop()
+            with contextlib.suppress(ReactorNotRunning):  # already on its way down
+                self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -39,7 +40,7 @@ def _non_negative_int(value: str) -> int:
 
 def _seconds(value: str) -> float:
     number = float(value)
-    if not number >= 0:  # also refuses nan
+    if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{value} is not a number of seconds >= 0")
     return number
 
@@ -176,8 +177,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     site = build_site(factory)
     for listener in config["listeners"]:
         listening_service(listener, site, config["tls"], reactor).setServiceParent(top)
-    if config["tls"] is not None:
-        interval = config["tls-reload-interval"]
-        CertificateReloader(config["tls"], interval, reactor, reactor).setServiceParent(top)
+    interval = config["tls-reload-interval"]
+    CertificateReloader(config["tls"], interval, reactor, reactor).setServiceParent(top)
     SystemdNotifier(reactor).setServiceParent(top)
     return top

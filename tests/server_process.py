@@ -127,6 +127,10 @@ def twistd(
     server = ServerProcess(argv, cwd, env or source_env(), pass_fds)
     try:
         yield server
+    except BaseException:
+        server.stop()
+        print(f"twistd exited with {server.process.returncode}; its log:\n{server.output}")
+        raise
     finally:
         server.stop()
 

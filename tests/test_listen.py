@@ -79,6 +79,7 @@ def test_listen_replaces_the_default_endpoint(tls_files: list[str]) -> None:
         (["--trust-proxy", "-1"], "-1 is negative"),
         (["--shutdown-timeout", "nan"], "not a number of seconds"),
         (["--tls-reload-interval", "-5"], "not a number of seconds"),
+        (["--shutdown-timeout", "inf"], "not a number of seconds"),
     ],
 )
 def test_contradictions_are_usage_errors(

@@ -121,3 +121,10 @@ def test_stopping_stops_the_polls(
     ca.write_server(live, "second")
     clock.advance(INTERVAL)
     assert serving(tls) == "CN=first"
+
+
+def test_without_tls_nothing_is_polled(clock: Clock) -> None:
+    service = CertificateReloader(None, INTERVAL, clock)
+    service.startService()
+    assert not clock.getDelayedCalls()
+    service.stopService()

@@ -248,3 +248,16 @@ def test_bad_certificate_files_are_usage_errors(
     elif breakage == "no key":
         args = args[:-2]
     assert complaint in usage_error(tmp_path, *args)
+
+
+def test_sighup_without_tls_is_harmless(tmp_path: Path) -> None:
+    """systemctl reload on a plain ws server must not kill it."""
+    with twistd(tmp_path, "--interface", "127.0.0.1", "--port", "0") as server:
+        [port] = server.ports()
+        url = f"ws://127.0.0.1:{port}/connect"
+        with connect(url, proxy=None, open_timeout=TIMEOUT) as ws:
+            client = Client(ws)  # served: the reactor runs, its handlers are in place
+            server.signal(signal.SIGHUP)
+            server.wait_for(r"SIGHUP: no TLS certificate to reload")
+            assert client.join("after-sighup") == []
+        assert server.process.poll() is None
