@@ -32,7 +32,12 @@ def check_endpoint(option: str, description: str) -> None:
         serverFromString(reactor, description)
     except Exception as e:
         hint = ""
-        if description.startswith("systemd:"):
+        if "::" in description:
+            hint = (
+                " (colons in values are escaped with a backslash, as in interface=\\:\\:; "
+                "tcp6:PORT listens on all IPv6 and IPv4 addresses)"
+            )
+        elif description.startswith("systemd:"):
             hint = (
                 " (is the process started by its .socket unit, with a matching "
                 "FileDescriptorName=?)"
@@ -65,7 +70,7 @@ def plan_listeners(options: Mapping[str, Any], simple_description: str) -> list[
         if options[name] is not None:
             raise usage.UsageError(
                 f"--{name} cannot be combined with --listen or --listen-tls; "
-                "give every endpoint as --listen (e.g. --listen tcp:5000:interface=::)"
+                "give every endpoint as --listen (e.g. --listen tcp6:5000)"
             )
     if secure and not has_tls_files:
         raise usage.UsageError("--listen-tls needs --tls-cert and --tls-key")

@@ -119,8 +119,9 @@ class Options(usage.Options):
         self["listen-tls"] = []
 
     def opt_listen(self, description: str) -> None:
-        """Serve ws on this Twisted endpoint (tcp:5000:interface=::, unix:PATH,
-        systemd:domain=INET:name=NAME, ssl:...); repeatable; replaces --port/--interface."""
+        """Serve ws on this Twisted endpoint (tcp6:5000, tcp:5000:interface=127.0.0.1,
+        unix:PATH, systemd:domain=INET:name=NAME, ssl:...); repeatable; replaces
+        --port/--interface."""
         self["listen"].append(description)
 
     def opt_listen_tls(self, description: str) -> None:

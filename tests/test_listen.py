@@ -12,7 +12,7 @@ from websockets.sync.client import connect, unix_connect
 from signaling.listen import Listener
 from signaling.tap import Options
 
-from .certs import CertificateAuthority, client_context
+from .certs import CertificateAuthority
 from .conftest import TIMEOUT, Client, wait_for
 from .server_process import run_once, twistd, usage_error
 from .test_wss import served_name, wss_client
@@ -70,6 +70,7 @@ def test_listen_replaces_the_default_endpoint(tls_files: list[str]) -> None:
         (["--listen-tls", "ssl:5443", "TLS"], "--listen-tls adds TLS itself"),
         (["--listen", "tcp:http"], "--listen tcp:http: not a usable endpoint"),
         (["--listen", "bogus:1"], "--listen bogus:1: not a usable endpoint"),
+        (["--listen", "tcp:5000:interface=::"], r"escaped with a backslash, as in interface=\:\:"),
         (
             ["--listen", "systemd:domain=INET:name=web"],
             "is the process started by its .socket unit",
@@ -120,11 +121,10 @@ def test_one_process_serves_ws_and_wss(tmp_path: Path, tls_files: list[str]) -> 
         str(ours_key),
     ) as server:
         ws_port, ssl_port, tls_port = server.ports(3)
-        context = client_context(ca_file)
         with (
             connect(f"ws://127.0.0.1:{ws_port}/connect", proxy=None, open_timeout=TIMEOUT) as ws,
-            wss_client(ssl_port, context) as via_ssl,
-            wss_client(tls_port, context) as via_tls,
+            wss_client(ssl_port, ca_file) as via_ssl,
+            wss_client(tls_port, ca_file) as via_tls,
         ):
             plain = Client(ws)
             assert served_name(via_ssl) == "ssl-endpoint"

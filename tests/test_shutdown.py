@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import os
 import signal
 import socket
 import time
@@ -20,6 +18,7 @@ from websockets.sync.client import connect
 from signaling.shutdown import POLL_INTERVAL, GracefulShutdown
 
 from .conftest import TIMEOUT, RunningServer, on_reactor, wait_for
+from .raw_client import open_by_hand
 from .server_process import twistd
 
 
@@ -28,21 +27,7 @@ class SilentClient:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            (
-                "GET /connect HTTP/1.1\r\n"
-                f"Host: 127.0.0.1:{port}\r\n"
-                "Upgrade: websocket\r\n"
-                "Connection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
-        self.received = b""
-        while b"notify-client-id" not in self.received:
-            self.read()
-        assert self.received.startswith(b"HTTP/1.1 101 "), self.received
+        self.received = open_by_hand(self.sock)
 
     def read(self) -> bytes:
         data = self.sock.recv(65536)
