@@ -52,7 +52,7 @@ class GracefulShutdown(Service):
         self._reactor = reactor
         self._restore_handlers: list[Callable[[], None]] = []
         self._draining: Deferred[None] | None = None
-        self._finish_now: Callable[[], None] | None = None
+        self._finish_now: Callable[[str], None] | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -71,7 +71,7 @@ class GracefulShutdown(Service):
         name = signal.Signals(signum).name
         if self._finish_now is not None:
             _log.info("{signal} again: dropping the remaining connections", signal=name)
-            self._finish_now()
+            self._finish_now("on a second signal")
         elif self.running:
             _log.info("{signal}: shutting down", signal=name)
             with contextlib.suppress(ReactorNotRunning):  # already on its way down
@@ -92,11 +92,11 @@ class GracefulShutdown(Service):
             client.sendCloseFrame(code=GOING_AWAY, reasonUtf8=CLOSE_REASON, isReply=False)
 
         done: Deferred[None] = Deferred()
-        poll = LoopingCall(lambda: None if self.factory.clients else finish())
+        poll = LoopingCall(lambda: None if self.factory.clients else finish("all gone"))
         poll.clock = self._clock
         deadline: IDelayedCall | None = None
 
-        def finish() -> None:
+        def finish(why: str) -> None:
             if done.called:
                 return
             self._finish_now = None
@@ -108,18 +108,19 @@ class GracefulShutdown(Service):
             for client in stragglers:
                 client.dropConnection(abort=True)
             _log.info(
-                "closed {closed} connections: {answered} closed cleanly, "
-                "{dropped} dropped after the {timeout}s shutdown timeout",
+                "closed {closed} connections: {answered} closed cleanly, {dropped} dropped{why}",
                 closed=len(clients),
                 answered=len(clients) - len(stragglers),
                 dropped=len(stragglers),
-                timeout=self.timeout,
+                why=f" {why}" if stragglers else "",
             )
             for restore in self._restore_handlers:
                 restore()
             done.callback(None)
 
         self._finish_now = finish
-        deadline = self._clock.callLater(self.timeout, finish)
+        deadline = self._clock.callLater(
+            self.timeout, finish, f"after the {self.timeout}s shutdown timeout"
+        )
         poll.start(POLL_INTERVAL, now=True)
         return done
