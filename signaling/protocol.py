@@ -55,11 +55,20 @@ class SignalingProtocol(WebSocketServerProtocol):
     _backlog = 0
     _partial = b""
 
+    @property
+    def client_address(self) -> str:
+        """The client's address, e.g. ``tcp4:192.0.2.7:50412``; with ``--trust-proxy``,
+        the address the trusted proxies put in X-Forwarded-For."""
+        return self.peer or "unknown"
+
     def onConnect(self, request: ConnectionRequest) -> None:
         factory = self.factory
-        assert self.transport is not None
-        peer = self.transport.getPeer()
-        self.address = getattr(peer, "host", None) or str(peer)
+        if factory.trust_proxy and "x-forwarded-for" in request.headers:
+            self.address = self.peer or ""  # Autobahn put the forwarded address there
+        else:
+            assert self.transport is not None
+            peer = self.transport.getPeer()
+            self.address = getattr(peer, "host", None) or str(peer)
         if factory.draining:
             self._refuse(503, "server is shutting down")
         if not factory.origins.allows(request.headers.get("origin")):
@@ -398,7 +407,9 @@ class SignalingFactory(WebSocketServerFactory):
 
     ``clients`` maps the id of every open connection (in a room or not) to
     its protocol; ``clock`` is the time source (the reactor by default);
-    ``draining`` is set while the server shuts down; ``started_at`` is when
+    ``trust_proxy`` is how many proxies in front add to X-Forwarded-For.
+    ``draining`` is set while the server shuts down (new handshakes get
+    503); ``started_at`` is when
     the factory was made, by ``clock``; the ``closed_messages_*`` counters keep
     the totals of closed connections.
     """
@@ -411,6 +422,7 @@ class SignalingFactory(WebSocketServerFactory):
         *,
         clock: IReactorTime | None = None,
         limits: Limits | None = None,
+        trust_proxy: int = 0,
     ) -> None:
         super().__init__()
         if clock is None:
@@ -430,6 +442,7 @@ class SignalingFactory(WebSocketServerFactory):
         self.closed_messages_in = 0
         self.closed_messages_out = 0
         self.draining = False
+        self.trust_proxy = trust_proxy
         self.clients: dict[str, SignalingProtocol] = {}
         self.address_counts: Counter[str] = Counter()
         self.setProtocolOptions(
@@ -448,4 +461,5 @@ class SignalingFactory(WebSocketServerFactory):
             # No HTML status page (it also honours ?redirect=, an open
             # redirect): a plain GET of /connect gets an HTTP error.
             webStatus=False,
+            trustXForwardedFor=trust_proxy,
         )

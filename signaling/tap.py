@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -13,12 +14,19 @@ from twisted.python import usage
 from . import __version__
 from .admin import Admin
 from .limits import Limits
+from .listen import listening_service, plan_listeners
 from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
 from .protocol import SignalingFactory
+from .reload import CertificateReloader
+from .shutdown import GracefulShutdown
+from .systemd import SystemdNotifier
+from .tls import MINIMUM_VERSIONS, ReloadableServerTLS, TLSConfigError
 from .tuning import tune_gc
 from .web import build_metrics_site, build_site
 
 _DEFAULTS = Limits()
+DEFAULT_PORT = 5000
+DEFAULT_INTERFACE = "0.0.0.0"
 
 
 def _positive_int(value: str) -> int:
@@ -37,22 +45,64 @@ def _count(value: str) -> int:
 
 def _seconds(value: str) -> float:
     number = float(value)
-    if not number >= 0:
+    if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{value} is not a number of seconds >= 0")
     return number
+
+
+def _tls_version(value: str) -> str:
+    if value not in MINIMUM_VERSIONS:
+        raise ValueError(f"{value} is not one of {', '.join(MINIMUM_VERSIONS)}")
+    return value
 
 
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve WebRTC signaling (singo-compatible) over WebSocket at "
-        "ws://INTERFACE:PORT/connect, with /healthz and /metrics on the same "
-        "port. For the count and time limits, 0 turns the limit off."
+        "ws://INTERFACE:PORT/connect (wss:// with --tls-cert/--tls-key), with "
+        "/healthz and /metrics on the same port. For the count and time "
+        "limits, 0 turns the limit off."
     )
 
     optParameters = [
-        ["port", "p", 5000, "TCP port to listen on.", int],
-        ["interface", "i", "0.0.0.0", "Address to listen on (:: for all IPv6 and IPv4)."],
+        ["port", "p", None, f"TCP port to listen on [default: {DEFAULT_PORT}].", int],
+        [
+            "interface",
+            "i",
+            None,
+            f"Address to listen on (:: for all IPv6 and IPv4) [default: {DEFAULT_INTERFACE}].",
+        ],
+        ["tls-cert", None, None, "PEM certificate chain (certbot's fullchain.pem): serve wss."],
+        ["tls-key", None, None, "PEM private key of --tls-cert (certbot's privkey.pem)."],
+        [
+            "tls-min-version",
+            None,
+            None,
+            "Oldest TLS version accepted: 1.2 or 1.3 [default: 1.2].",
+            _tls_version,
+        ],
+        [
+            "tls-reload-interval",
+            None,
+            60.0,
+            "Seconds between checks for a changed --tls-cert/--tls-key (0: only on SIGHUP).",
+            _seconds,
+        ],
+        [
+            "trust-proxy",
+            None,
+            0,
+            "Number of reverse proxies in front whose X-Forwarded-For gives the client address.",
+            _count,
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            5.0,
+            "Seconds to wait on SIGTERM/SIGINT for clients to close before dropping them.",
+            _seconds,
+        ],
         [
             "max-message-size",
             None,
@@ -186,6 +236,18 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["allowed-origin"] = []
+        self["listen"] = []
+        self["listen-tls"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Serve ws on this Twisted endpoint (tcp6:5000, tcp:5000:interface=127.0.0.1,
+        unix:PATH, systemd:domain=INET:name=NAME, ssl:...); repeatable; replaces
+        --port/--interface."""
+        self["listen"].append(description)
+
+    def opt_listen_tls(self, description: str) -> None:
+        """Serve wss on this endpoint with --tls-cert/--tls-key; repeatable."""
+        self["listen-tls"].append(description)
 
     def opt_addr(self, value: str) -> None:
         """Alias of --interface."""
@@ -207,9 +269,9 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self) -> None:
-        if not 0 <= self["port"] <= 65535:
+        if self["port"] is not None and not 0 <= self["port"] <= 65535:
             raise usage.UsageError(f"--port must be between 0 and 65535, not {self['port']}")
-        if not self["interface"]:
+        if self["interface"] == "":
             raise usage.UsageError("--interface must not be empty")
         if self["ping-interval"] and not self["ping-timeout"]:
             raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
@@ -219,11 +281,24 @@ class Options(usage.Options):
             self["manhole-host-key"],
             bool(self["manhole-remote"]),
         )
+        self["listeners"] = plan_listeners(self, self.listen_description)
+        self["tls"] = None
+        if any(listener.tls for listener in self["listeners"]):
+            try:
+                self["tls"] = ReloadableServerTLS(
+                    self["tls-cert"],
+                    self["tls-key"],
+                    MINIMUM_VERSIONS[self["tls-min-version"] or "1.2"],
+                )
+            except TLSConfigError as e:
+                raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
 
     @property
     def listen_description(self) -> str:
         """The Twisted endpoint description for --port/--interface."""
-        return f"tcp:{self['port']}:interface={quoteStringArgument(self['interface'])}"
+        port = DEFAULT_PORT if self["port"] is None else self["port"]
+        interface = self["interface"] or DEFAULT_INTERFACE
+        return f"tcp:{port}:interface={quoteStringArgument(interface)}"
 
     @property
     def limits(self) -> Limits:
@@ -248,14 +323,24 @@ class Options(usage.Options):
 
 def makeService(config: Options, reactor: Any = None) -> MultiService:
     """Build the signaling service from parsed options."""
+    if reactor is None:
+        from twisted.internet import reactor
     tune_gc()
     top = MultiService()
-    factory = SignalingFactory(clock=reactor, limits=config.limits)
+    factory = SignalingFactory(
+        clock=reactor, limits=config.limits, trust_proxy=config["trust-proxy"]
+    )
+    # Services stop in reverse order: the listeners before the drain.
+    GracefulShutdown(factory, config["shutdown-timeout"], reactor, reactor).setServiceParent(top)
     metrics_listen = config["metrics-listen"]
     site = build_site(factory, serve_metrics=not metrics_listen, demo=not config["no-demo"])
-    strports.service(config.listen_description, site).setServiceParent(top)
+    for listener in config["listeners"]:
+        listening_service(listener, site, config["tls"], reactor).setServiceParent(top)
     if metrics_listen:
         strports.service(metrics_listen, build_metrics_site(factory)).setServiceParent(top)
+    interval = config["tls-reload-interval"]
+    CertificateReloader(config["tls"], interval, reactor, reactor).setServiceParent(top)
     if config.manhole is not None:
         manhole_service(config.manhole, Admin(factory).namespace()).setServiceParent(top)
+    SystemdNotifier(reactor).setServiceParent(top)
     return top

@@ -155,8 +155,10 @@ def make_server(reactor_thread: Any) -> Iterator[Callable[..., RunningServer]]:
     ports = []
     with contextlib.ExitStack() as stack:
 
-        def start(clock: Any = None, **limits: Any) -> RunningServer:
-            factory = SignalingFactory(clock=clock, limits=Limits(**limits))
+        def start(clock: Any = None, trust_proxy: int = 0, **limits: Any) -> RunningServer:
+            factory = SignalingFactory(
+                clock=clock, limits=Limits(**limits), trust_proxy=trust_proxy
+            )
             port = on_reactor(reactor.listenTCP, 0, build_site(factory), interface="127.0.0.1")
             ports.append(port)
             return RunningServer(factory, port, stack)

@@ -1,0 +1,126 @@
+"""Graceful shutdown: close every client with 1001 and wait, bounded, for them to go."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from .protocol import SignalingFactory
+from .signals import install_handler
+
+_log = Logger()
+
+GOING_AWAY = 1001
+CLOSE_REASON = b"server shutting down"
+#: How often to look whether every client has gone.
+POLL_INTERVAL = 0.05
+
+
+class GracefulShutdown(Service):
+    """Drains ``factory``'s clients when stopped.
+
+    ``stopService`` sets ``factory.draining`` (new WebSocket handshakes are
+    refused from then on), sends every client a 1001 close frame and returns
+    a Deferred that fires once all of them have closed, or after ``timeout``
+    seconds, when the ones left are dropped.
+
+    With ``reactor`` given, SIGTERM and SIGINT stop that reactor (which
+    stops this service) without twistd's re-raise of the signal, so the
+    process exits 0 after a graceful shutdown; a second signal drops the
+    remaining clients at once.
+    """
+
+    def __init__(
+        self,
+        factory: SignalingFactory,
+        timeout: float,
+        clock: IReactorTime,
+        reactor: Any = None,
+    ) -> None:
+        self.factory = factory
+        self.timeout = timeout
+        self._clock = clock
+        self._reactor = reactor
+        self._restore_handlers: list[Callable[[], None]] = []
+        self._draining: Deferred[None] | None = None
+        self._finish_now: Callable[[str], None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        if self._reactor is not None:
+            # After the reactor's own handlers, which it installs as it starts.
+            self._reactor.callWhenRunning(self._install_handlers)
+
+    def _install_handlers(self) -> None:
+        if self.running:
+            self._restore_handlers = [
+                install_handler(self._reactor, signum, self._on_signal)
+                for signum in (signal.SIGTERM, signal.SIGINT)
+            ]
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._finish_now is not None:
+            _log.info("{signal} again: dropping the remaining connections", signal=name)
+            self._finish_now("on a second signal")
+        elif self.running:
+            _log.info("{signal}: shutting down", signal=name)
+            with contextlib.suppress(ReactorNotRunning):  # already on its way down
+                self._reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.factory.draining = True
+        clients = list(self.factory.clients.values())
+        _log.info(
+            "closing {count} connections (waiting up to {timeout}s)",
+            count=len(clients),
+            timeout=self.timeout,
+        )
+        for client in clients:
+            # Our timeout, not Autobahn's close handshake timeout, bounds the wait.
+            client.closeHandshakeTimeout = 0  # type: ignore[attr-defined]
+            client.sendCloseFrame(code=GOING_AWAY, reasonUtf8=CLOSE_REASON, isReply=False)
+
+        done: Deferred[None] = Deferred()
+        poll = LoopingCall(lambda: None if self.factory.clients else finish("all gone"))
+        poll.clock = self._clock
+        deadline: IDelayedCall | None = None
+
+        def finish(why: str) -> None:
+            if done.called:
+                return
+            self._finish_now = None
+            if poll.running:
+                poll.stop()
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+            stragglers = list(self.factory.clients.values())
+            for client in stragglers:
+                client.dropConnection(abort=True)
+            _log.info(
+                "closed {closed} connections: {answered} closed cleanly, {dropped} dropped{why}",
+                closed=len(clients),
+                answered=len(clients) - len(stragglers),
+                dropped=len(stragglers),
+                why=f" {why}" if stragglers else "",
+            )
+            for restore in self._restore_handlers:
+                restore()
+            done.callback(None)
+
+        self._finish_now = finish
+        deadline = self._clock.callLater(
+            self.timeout, finish, f"after the {self.timeout}s shutdown timeout"
+        )
+        poll.start(POLL_INTERVAL, now=True)
+        return done

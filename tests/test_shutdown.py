@@ -1,0 +1,178 @@
+"""Graceful shutdown: 1001 to every client, a bounded wait, then exit 0."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from signaling.shutdown import POLL_INTERVAL, GracefulShutdown
+
+from .conftest import TIMEOUT, RunningServer, on_reactor, wait_for
+from .raw_client import open_by_hand
+from .server_process import twistd
+
+
+class SilentClient:
+    """Opens the WebSocket by hand, then never reads or answers anything."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.received = open_by_hand(self.sock)
+
+    def read(self) -> bytes:
+        data = self.sock.recv(65536)
+        self.received += data
+        return data
+
+    def got_close(self, code: int) -> bool:
+        """Whether an unmasked close frame with ``code`` has arrived."""
+        return b"\x88" in self.received and code.to_bytes(2, "big") in self.received
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.read() == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def start_shutdown(server: RunningServer, timeout: float) -> tuple[Clock, Callable[[], Deferred]]:
+    """Start a GracefulShutdown on ``server`` with a fake clock; return it and its stop."""
+    clock = Clock()
+    service = GracefulShutdown(server.factory, timeout, clock)
+    on_reactor(service.startService)
+
+    def stop() -> Deferred:
+        stopped: list[Deferred] = []
+        on_reactor(lambda: stopped.append(service.stopService()))
+        return stopped[0]
+
+    return clock, stop
+
+
+def test_clients_get_1001_and_the_wait_ends_when_they_have_gone(server: RunningServer) -> None:
+    a, b = server.client(), server.client()
+    a.join("room")
+    b.join("room")
+    a.expect("new-client")
+    clock, stop = start_shutdown(server, timeout=5)
+    done = stop()
+    assert server.factory.draining
+    assert a.expect_closed() == 1001
+    assert b.expect_closed() == 1001
+    assert a.ws.close_reason == "server shutting down"
+    assert wait_for(lambda: not on_reactor(lambda: server.factory.clients))
+    on_reactor(clock.advance, POLL_INTERVAL)
+    assert on_reactor(lambda: done.called)
+    assert clock.seconds() < 5  # ended by the clients, not by the timeout
+
+
+def test_new_handshakes_are_refused_while_draining(server: RunningServer) -> None:
+    silent = SilentClient(server.port)  # keeps the drain going
+    try:
+        _, stop = start_shutdown(server, timeout=5)
+        stop()
+        with pytest.raises(InvalidStatus) as info:
+            connect(server.url, proxy=None, open_timeout=TIMEOUT).close()
+        assert info.value.response.status_code == 503
+    finally:
+        silent.close()
+
+
+def test_a_client_that_never_answers_is_dropped_at_the_timeout(server: RunningServer) -> None:
+    silent = SilentClient(server.port)
+    polite = server.client()
+    try:
+        clock, stop = start_shutdown(server, timeout=5)
+        done = stop()
+        assert polite.expect_closed() == 1001
+        while not silent.got_close(1001):
+            silent.read()
+        on_reactor(clock.advance, 4.9)
+        assert not on_reactor(lambda: done.called)
+        assert on_reactor(lambda: len(server.factory.clients)) == 1
+        on_reactor(clock.advance, 0.1)
+        assert on_reactor(lambda: done.called)
+        assert silent.closed_by_server()
+        assert wait_for(lambda: not on_reactor(lambda: server.factory.clients))
+    finally:
+        silent.close()
+
+
+def test_nothing_to_wait_for_without_clients(server: RunningServer) -> None:
+    _, stop = start_shutdown(server, timeout=5)
+    done = stop()
+    assert on_reactor(lambda: done.called)
+
+
+def _client(port: int) -> Any:
+    return connect(f"ws://127.0.0.1:{port}/connect", proxy=None, open_timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_closes_clients_with_1001_and_twistd_exits_0(tmp_path: Path, signum: int) -> None:
+    with twistd(tmp_path, "--interface", "127.0.0.1", "--port", "0") as server:
+        [port] = server.ports()
+        with _client(port) as a, _client(port) as b:
+            a.recv(TIMEOUT)
+            b.recv(TIMEOUT)
+            server.signal(signum)
+            for ws in (a, b):
+                with pytest.raises(Exception):  # noqa: B017 - ConnectionClosed of some kind
+                    ws.recv(TIMEOUT)
+                assert ws.close_code == 1001
+            assert server.wait_exit() == 0
+        server.wait_for(r"closing 2 connections")
+        server.wait_for(r"closed 2 connections: 2 closed cleanly, 0 dropped")
+        server.wait_for(r"Server Shut Down")
+
+
+def test_a_silent_client_does_not_hold_twistd_past_the_shutdown_timeout(tmp_path: Path) -> None:
+    with twistd(
+        tmp_path, "--interface", "127.0.0.1", "--port", "0", "--shutdown-timeout", "1.5"
+    ) as server:
+        [port] = server.ports()
+        silent = SilentClient(port)
+        try:
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            assert server.wait_exit(timeout=10) == 0
+            elapsed = time.monotonic() - started
+            while not silent.closed_by_server():
+                pass
+        finally:
+            silent.close()
+        assert 1.4 <= elapsed < 5, elapsed
+        assert silent.got_close(1001)
+        server.wait_for(r"closed 1 connections: 0 closed cleanly, 1 dropped after the 1.5s")
+
+
+def test_a_second_signal_drops_the_remaining_clients_at_once(tmp_path: Path) -> None:
+    with twistd(
+        tmp_path, "--interface", "127.0.0.1", "--port", "0", "--shutdown-timeout", "60"
+    ) as server:
+        [port] = server.ports()
+        silent = SilentClient(port)
+        try:
+            server.signal(signal.SIGTERM)
+            server.wait_for(r"closing 1 connections")
+            started = time.monotonic()
+            server.signal(signal.SIGINT)
+            assert server.wait_exit(timeout=10) == 0
+            assert time.monotonic() - started < 5
+        finally:
+            silent.close()
+        server.wait_for(r"SIGINT again: dropping the remaining connections")
+        server.wait_for(r"closed 1 connections: 0 closed cleanly, 1 dropped on a second signal")
