@@ -1,0 +1,198 @@
+"""Scenarios about many connections: storm, idle and churn."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from .measure import Meter
+from .relay import relay
+from .rooms import LEAVE_FRAME, Rooms
+from .server import Server
+from .wsclient import CLOSE_NORMAL_FRAME, Tally, close_all, connect, connect_many
+
+
+def listen_drops() -> int:
+    """The kernel's count of connections dropped from full accept queues
+    (TcpExt ListenDrops, machine-wide)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenDrops"])
+    return 0
+
+
+def _abort_all(tally: Tally) -> None:
+    for client in tally.clients:
+        client.abort()
+
+
+async def storm(
+    server: Server, clients: int, room_size: int, timeout: float = 60.0
+) -> dict[str, Any]:
+    """All clients connect at once and join rooms of ``room_size``: seconds
+    from the first connect until every id, ``joined`` and ``new-client`` arrived."""
+    tally = Tally()
+    try:
+        rooms = Rooms(tally, clients, room_size, "storm")
+        drops = listen_drops()
+        loop = asyncio.get_running_loop()
+        meter = Meter(server)
+        started = loop.time()
+        connects = [
+            asyncio.ensure_future(connect(server.port, tally, timeout, rooms.join))
+            for _ in range(clients)
+        ]
+        connecting = asyncio.gather(*connects, return_exceptions=True)
+        either: list[asyncio.Future[Any]] = [rooms.done, connecting]
+        await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        failed = (
+            [e for e in connecting.result() if isinstance(e, BaseException)]
+            if (connecting.done())
+            else []
+        )
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {clients} clients did not connect: {failed[0]!r}")
+        await asyncio.wait_for(rooms.done, timeout)
+        finished = rooms.done.result()
+        usage = meter.stop()
+        await asyncio.wait_for(connecting, timeout)
+        rooms.verify()
+        drops = listen_drops() - drops
+        stuck = await close_all(tally.clients, timeout)
+        if stuck:
+            tally.error("close", f"{stuck} connections not closed by the server")
+    finally:
+        _abort_all(tally)
+    return {
+        "figures": {"seconds": finished - started, "listen_drops": drops},
+        "generator_cpu_pct": usage["generator_cpu_pct"],
+        "server_cpu_pct": usage["server_cpu_pct"],
+        "tally": tally,
+    }
+
+
+async def idle(
+    server: Server, clients: int, hold: float = 30.0, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Joined connections held idle: server memory per connection, and the
+    CPU the server spends on them (keepalive pings) during ``hold``."""
+    tally = Tally()
+    try:
+        before = server.rss_bytes()
+        rooms = Rooms(tally, clients, 2, "idle")
+        opened = await connect_many(
+            server.port, tally, clients, timeout, concurrency=500, on_ready=rooms.join
+        )
+        await asyncio.wait_for(rooms.done, timeout)
+        rooms.verify()
+        await asyncio.sleep(0.2)  # let the last writes settle
+        joined = server.rss_bytes()
+        meter = Meter(server)
+        await asyncio.sleep(hold)
+        usage = meter.stop()
+        held = server.rss_bytes()
+        still_open = sum(1 for c in opened if not c.lost.done())
+        if still_open != clients:
+            tally.error("dropped", f"{clients - still_open} connections lost during the hold")
+        pings = sum(c.pings for c in opened)
+        stuck = await close_all(opened, timeout)
+        if stuck:
+            tally.error("close", f"{stuck} connections not closed by the server")
+    finally:
+        _abort_all(tally)
+    return {
+        "figures": {
+            "kb_per_connection": (joined - before) / clients / 1024,
+            "kb_per_connection_after_hold": (held - before) / clients / 1024,
+            "rss_before_mb": before / 2**20,
+            "rss_joined_mb": joined / 2**20,
+            "rss_after_hold_mb": held / 2**20,
+            "pings_answered": pings,
+            "hold_s": usage["seconds"],
+        },
+        "generator_cpu_pct": usage["generator_cpu_pct"],
+        "server_cpu_pct": usage["server_cpu_pct"],
+        "tally": tally,
+    }
+
+
+async def _churn_batch(
+    server: Server, tally: Tally, size: int, number: int, timeout: float
+) -> None:
+    """``size`` clients connect, join rooms of 2, leave, and close."""
+    rooms = Rooms(tally, size, 2, f"churn{number}")
+    clients = await connect_many(
+        server.port, tally, size, timeout, concurrency=size, on_ready=rooms.join
+    )
+    await asyncio.wait_for(rooms.done, timeout)
+    rooms.verify()
+    for client in clients:
+        client.closing = True
+        client.send(LEAVE_FRAME + CLOSE_NORMAL_FRAME)
+    await asyncio.wait([c.lost for c in clients], timeout=timeout)
+    stuck = [c for c in clients if not c.lost.done()]
+    if stuck:
+        tally.error("close", f"{len(stuck)} connections not closed by the server")
+    tally.clients.clear()
+    for client in stuck:
+        client.abort()
+
+
+async def churn(
+    server: Server,
+    clients: int = 20000,
+    batch: int = 500,
+    pairs: int = 100,
+    inflight: int = 8,
+    window: float = 5.0,
+    warmup: float = 2.0,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    """relay PxW, then ``clients`` through connect/join/leave/close in batches,
+    then relay PxW again on the same server: does throughput hold?"""
+    tally = Tally()
+    first = await relay(server, pairs, inflight, window, warmup, timeout=timeout)
+    rss_before = server.rss_bytes()
+    meter = Meter(server)
+    try:
+        for number, start in enumerate(range(0, clients, batch)):
+            await _churn_batch(server, tally, min(batch, clients - start), number, timeout)
+    finally:
+        _abort_all(tally)
+    usage = meter.stop()
+    rss_after = server.rss_bytes()
+    deadline = time.monotonic() + 10
+    health = await asyncio.to_thread(server.health)
+    while (health["clients"], health["rooms"]) != (0, 0) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        health = await asyncio.to_thread(server.health)
+    if (health["clients"], health["rooms"]) != (0, 0):
+        tally.error("leak", f"after churn the server still reports {health}")
+    second = await relay(server, pairs, inflight, window, warmup, timeout=timeout)
+    for part in (first, second):
+        part_tally = part["tally"]
+        for kind, count in part_tally.counts.items():
+            tally.counts[kind] += count
+        tally.examples.extend(part_tally.examples)
+    before, after = first["figures"]["msgs_per_s"], second["figures"]["msgs_per_s"]
+    return {
+        "figures": {
+            "msgs_per_s_before": before,
+            "msgs_per_s_after": after,
+            "change_pct": 100 * (after - before) / before,
+            "rtt_p50_us_before": first["figures"]["rtt_p50_us"],
+            "rtt_p50_us_after": second["figures"]["rtt_p50_us"],
+            "churn_clients_per_s": clients / usage["seconds"],
+            "churn_seconds": usage["seconds"],
+            "churn_server_cpu_pct": usage["server_cpu_pct"],
+            "churn_generator_cpu_pct": usage["generator_cpu_pct"],
+            "rss_before_churn_mb": rss_before / 2**20,
+            "rss_after_churn_mb": rss_after / 2**20,
+        },
+        "generator_cpu_pct": max(first["generator_cpu_pct"], second["generator_cpu_pct"]),
+        "server_cpu_pct": max(first["server_cpu_pct"], second["server_cpu_pct"]),
+        "tally": tally,
+    }
