@@ -61,7 +61,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
 def _bound(params: dict[str, Any], timeout: float) -> float:
     """How long a whole scenario may take before it counts as failed."""
     measuring = params.get("window", 0) + params.get("warmup", 0) + params.get("hold", 0)
-    return 2 * measuring + 4 * timeout + params.get("clients", 0) / 100
+    return 2 * measuring + 3 * timeout + params.get("clients", 0) / 100
 
 
 async def run_one(name: str, params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -27,9 +27,6 @@ class Rooms:
         self.tally = tally
         self.room_size = room_size
         self.prefix = prefix
-        self.expected_joined = clients
-        full, rest = divmod(clients, room_size)
-        self.expected_new = full * room_size * (room_size - 1) // 2 + rest * (rest - 1) // 2
         self.members: dict[str, list[WsClient]] = {}
         self.seen: dict[WsClient, list[str]] = {}
         self.arrived = 0
@@ -37,6 +34,14 @@ class Rooms:
         self.new = 0
         self.left = 0
         self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.expect(clients)
+
+    def expect(self, clients: int) -> None:
+        """Wait for ``clients`` to join (fewer when some could not connect)."""
+        self.expected_joined = clients
+        full, rest = divmod(clients, self.room_size)
+        size = self.room_size
+        self.expected_new = full * size * (size - 1) // 2 + rest * (rest - 1) // 2
         self._check_done()
 
     def join(self, client: WsClient) -> None:

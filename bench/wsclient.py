@@ -82,6 +82,11 @@ class Tally:
         return sum(self.counts.values())
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class WsClient(asyncio.Protocol):
     """One connection.  Text messages go to ``self.on_text``, which starts as
     the wait for ``notify-client-id`` and is then replaced by the scenario.
@@ -104,6 +109,7 @@ class WsClient(asyncio.Protocol):
         self.upgraded = False
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
+        self.ready.add_done_callback(_retrieve)  # failures are reported by the scenario
         self.lost: asyncio.Future[None] = loop.create_future()
         self.on_text: Callable[[bytes], None] = self._expect_id
         #: Called with the client once its id arrived (before ``ready`` resolves).
