@@ -15,6 +15,7 @@ from .crowd import churn, idle, storm
 from .mesh import mesh
 from .relay import relay
 from .server import ROOT, Server, can_pin, pin_generator, raise_open_files
+from .wsclient import Tally
 
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "results.jsonl"
 
@@ -83,22 +84,22 @@ async def run_one(name: str, params: dict[str, Any], args: argparse.Namespace) -
     record["server_options"] = server_options
     server = await asyncio.to_thread(Server, server_options, args.pin)
     bound = _bound(params, args.timeout)
+    tally = Tally()
     try:
-        scenario = SCENARIOS[name](server, **params, timeout=args.timeout)
+        scenario = SCENARIOS[name](server, tally, **params, timeout=args.timeout)
         assert isinstance(scenario, Coroutine)
-        result = await asyncio.wait_for(scenario, bound)
+        record.update(await asyncio.wait_for(scenario, bound))
+        record["ok"] = True
     except TimeoutError:
-        record["failure"] = f"did not finish within {bound:.0f} s"
+        record["failure"] = (
+            f"timed out (each phase may take {args.timeout:g} s, the scenario {bound:.0f} s)"
+        )
     except Exception as e:
         record["failure"] = f"{type(e).__name__}: {e}"
-    else:
-        tally = result.pop("tally")
-        record.update(result)
+    finally:
         record["errors"] = tally.total
         record["error_kinds"] = dict(tally.counts)
         record["error_examples"] = tally.examples
-        record["ok"] = True
-    finally:
         if not server.alive():
             record["ok"] = False
             record["failure"] = "the server exited:\n" + server.log_tail()

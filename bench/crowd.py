@@ -34,11 +34,10 @@ def _abort_all(tally: Tally) -> None:
 
 
 async def storm(
-    server: Server, clients: int, room_size: int, timeout: float = 60.0
+    server: Server, tally: Tally, clients: int, room_size: int, timeout: float = 60.0
 ) -> dict[str, Any]:
     """All clients connect at once and join rooms of ``room_size``: seconds
     from the first connect until every id, ``joined`` and ``new-client`` arrived."""
-    tally = Tally()
     try:
         rooms = Rooms(tally, clients, room_size, "storm")
         drops = listen_drops()
@@ -82,16 +81,14 @@ async def storm(
         },
         "generator_cpu_pct": usage["generator_cpu_pct"],
         "server_cpu_pct": usage["server_cpu_pct"],
-        "tally": tally,
     }
 
 
 async def idle(
-    server: Server, clients: int, hold: float = 30.0, timeout: float = 60.0
+    server: Server, tally: Tally, clients: int, hold: float = 30.0, timeout: float = 60.0
 ) -> dict[str, Any]:
     """Joined connections held idle: server memory per connection, and the
     CPU the server spends on them (keepalive pings) during ``hold``."""
-    tally = Tally()
     try:
         before = server.rss_bytes()
         rooms = Rooms(tally, clients, 2, "idle")
@@ -127,7 +124,6 @@ async def idle(
         },
         "generator_cpu_pct": usage["generator_cpu_pct"],
         "server_cpu_pct": usage["server_cpu_pct"],
-        "tally": tally,
     }
 
 
@@ -155,6 +151,7 @@ async def _churn_batch(
 
 async def churn(
     server: Server,
+    tally: Tally,
     clients: int = 20000,
     batch: int = 500,
     pairs: int = 100,
@@ -165,8 +162,7 @@ async def churn(
 ) -> dict[str, Any]:
     """relay PxW, then ``clients`` through connect/join/leave/close in batches,
     then relay PxW again on the same server: does throughput hold?"""
-    tally = Tally()
-    first = await relay(server, pairs, inflight, window, warmup, timeout=timeout)
+    first = await relay(server, tally, pairs, inflight, window, warmup, timeout=timeout)
     rss_before = server.rss_bytes()
     meter = Meter(server)
     try:
@@ -183,12 +179,7 @@ async def churn(
         health = await asyncio.to_thread(server.health)
     if (health["clients"], health["rooms"]) != (0, 0):
         tally.error("leak", f"after churn the server still reports {health}")
-    second = await relay(server, pairs, inflight, window, warmup, timeout=timeout)
-    for part in (first, second):
-        part_tally = part["tally"]
-        for kind, count in part_tally.counts.items():
-            tally.counts[kind] += count
-        tally.examples.extend(part_tally.examples)
+    second = await relay(server, tally, pairs, inflight, window, warmup, timeout=timeout)
     before, after = first["figures"]["msgs_per_s"], second["figures"]["msgs_per_s"]
     return {
         "figures": {
@@ -208,5 +199,4 @@ async def churn(
         },
         "generator_cpu_pct": max(first["generator_cpu_pct"], second["generator_cpu_pct"]),
         "server_cpu_pct": max(first["server_cpu_pct"], second["server_cpu_pct"]),
-        "tally": tally,
     }

@@ -80,10 +80,9 @@ class Mesh:
 
 
 async def mesh(
-    server: Server, members: int = 50, interval: float = 0.005, timeout: float = 60.0
+    server: Server, tally: Tally, members: int = 50, interval: float = 0.005, timeout: float = 60.0
 ) -> dict[str, Any]:
     """Seconds from the first join to the last answer received."""
-    tally = Tally()
     try:
         clients = await connect_many(server.port, tally, members, timeout)
         call = Mesh(tally, clients)
@@ -113,5 +112,4 @@ async def mesh(
         },
         "generator_cpu_pct": usage["generator_cpu_pct"],
         "server_cpu_pct": usage["server_cpu_pct"],
-        "tally": tally,
     }

@@ -83,6 +83,7 @@ class Pair:
 
 async def relay(
     server: Server,
+    tally: Tally,
     pairs: int,
     inflight: int,
     window: float = 5.0,
@@ -91,7 +92,6 @@ async def relay(
     timeout: float = 60.0,
 ) -> dict[str, Any]:
     """Relayed messages a second and round-trip latency over ``window``."""
-    tally = Tally()
     clients: list[WsClient] = []
     try:
         rooms = Rooms(tally, 2 * pairs, 2, "relay")
@@ -144,5 +144,4 @@ async def relay(
         },
         "generator_cpu_pct": usage["generator_cpu_pct"],
         "server_cpu_pct": usage["server_cpu_pct"],
-        "tally": tally,
     }

@@ -210,8 +210,9 @@ class WsClient(asyncio.Protocol):
             self._fail(f"unexpected frame opcode {opcode}")
 
     def _fail(self, reason: str) -> None:
-        self.tally.error("protocol", reason)
-        if not self.ready.done():
+        if self.ready.done():
+            self.tally.error("protocol", reason)
+        else:  # whoever awaits the connection reports it
             self.ready.set_exception(ConnectionError(reason))
         self.closing = True
         self.transport.abort()

@@ -150,7 +150,17 @@ def run_bench(tmp_path: Path, *args: str, limit: float = 60) -> tuple[int, list[
     results = tmp_path / "results.jsonl"
     started = time.monotonic()
     process = subprocess.run(
-        [sys.executable, "-m", "bench", *args, "--results", str(results), "--timeout", "10"],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            args[0],
+            "--timeout",
+            "10",
+            *args[1:],
+            "--results",
+            results,
+        ],
         cwd=ROOT,
         env=source_env(),
         capture_output=True,
@@ -268,10 +278,28 @@ def test_refusals_and_losses_are_reported_as_errors(tmp_path: Path) -> None:
     assert record["error_kinds"]["lost"] > 0
 
 
+def test_refused_connections_are_counted_as_errors(tmp_path: Path) -> None:
+    code, [record] = run_bench(
+        tmp_path, "storm", "--clients", "20", "--server-option=--max-connections=5"
+    )
+    assert code == 1
+    assert record["ok"] and record["figures"]["connected"] == 5
+    assert record["error_kinds"] == {"connect": 15}
+    assert "503" in record["error_examples"][0]
+
+
 def test_a_scenario_that_cannot_finish_fails_in_bounded_time(tmp_path: Path) -> None:
     code, [record] = run_bench(
-        tmp_path, "storm", "--clients", "20", "--server-option=--max-connections=5", limit=30
+        tmp_path,
+        "mesh",
+        "--members",
+        "5",
+        "--server-option=--max-room-size=3",
+        "--timeout",
+        "1",
+        limit=30,
     )
     assert code == 1
     assert not record["ok"]
-    assert "did not connect" in record["failure"] and "503" in record["failure"]
+    assert record["failure"].startswith("timed out")
+    assert record["error_kinds"] == {"server error room_full": 2}
