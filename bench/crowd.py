@@ -13,10 +13,6 @@ from .rooms import LEAVE_FRAME, Rooms
 from .server import Server
 from .wsclient import CLOSE_NORMAL_FRAME, Tally, close_all, connect, connect_many
 
-#: Handshakes in flight at once while setting up idle and churn clients: fewer
-#: than the server's listen backlog, so that no SYN is dropped and retried.
-CONNECTING = 40
-
 
 def listen_drops() -> int:
     """The kernel's count of connections dropped from full accept queues
@@ -92,9 +88,7 @@ async def idle(
     try:
         before = server.rss_bytes()
         rooms = Rooms(tally, clients, 2, "idle")
-        opened = await connect_many(
-            server.port, tally, clients, timeout, concurrency=CONNECTING, on_ready=rooms.join
-        )
+        opened = await connect_many(server.port, tally, clients, timeout, on_ready=rooms.join)
         await asyncio.wait_for(rooms.done, timeout)
         rooms.verify()
         await asyncio.sleep(0.2)  # let the last writes settle
@@ -132,9 +126,7 @@ async def _churn_batch(
 ) -> None:
     """``size`` clients connect, join rooms of 2, leave, and close."""
     rooms = Rooms(tally, size, 2, f"churn{number}")
-    clients = await connect_many(
-        server.port, tally, size, timeout, concurrency=CONNECTING, on_ready=rooms.join
-    )
+    clients = await connect_many(server.port, tally, size, timeout, on_ready=rooms.join)
     await asyncio.wait_for(rooms.done, timeout)
     rooms.verify()
     for client in clients:
@@ -190,6 +182,8 @@ async def churn(
             "rtt_p50_us_after": second["figures"]["rtt_p50_us"],
             "server_cpu_us_per_msg_before": first["figures"]["server_cpu_us_per_msg"],
             "server_cpu_us_per_msg_after": second["figures"]["server_cpu_us_per_msg"],
+            "generator_cpu_us_per_msg_before": first["figures"]["generator_cpu_us_per_msg"],
+            "generator_cpu_us_per_msg_after": second["figures"]["generator_cpu_us_per_msg"],
             "churn_clients_per_s": clients / usage["seconds"],
             "churn_seconds": usage["seconds"],
             "churn_server_cpu_pct": usage["server_cpu_pct"],

@@ -29,6 +29,7 @@ class Meter:
             "generator_cpu_pct": 100 * cpu / wall if wall else 0.0,
             "server_cpu_pct": 100 * server_cpu / wall if wall else 0.0,
             "server_cpu_seconds": server_cpu,
+            "generator_cpu_seconds": cpu,
         }
 
 

@@ -81,6 +81,10 @@ class Pair:
         return self.offers_sent - self.offers_received + self.answers_sent - self.answers_received
 
 
+def _per_message(seconds: float, messages: int) -> float | None:
+    return 1e6 * seconds / messages if messages else None
+
+
 async def relay(
     server: Server,
     tally: Tally,
@@ -138,9 +142,8 @@ async def relay(
             "rtt_p90_us": 1e6 * percentile(latencies, 0.90),
             "rtt_p99_us": 1e6 * percentile(latencies, 0.99),
             "window_s": usage["seconds"],
-            "server_cpu_us_per_msg": 1e6 * usage["server_cpu_seconds"] / delivered
-            if delivered
-            else None,
+            "server_cpu_us_per_msg": _per_message(usage["server_cpu_seconds"], delivered),
+            "generator_cpu_us_per_msg": _per_message(usage["generator_cpu_seconds"], delivered),
         },
         "generator_cpu_pct": usage["generator_cpu_pct"],
         "server_cpu_pct": usage["server_cpu_pct"],

@@ -61,7 +61,8 @@ def headline(record: dict[str, Any]) -> str:
     if scenario == "relay":
         return (
             f"{f['msgs_per_s']:,.0f} msgs/s, rtt p50/p90/p99 "
-            f"{f['rtt_p50_us']:,.0f}/{f['rtt_p90_us']:,.0f}/{f['rtt_p99_us']:,.0f} us"
+            f"{f['rtt_p50_us']:,.0f}/{f['rtt_p90_us']:,.0f}/{f['rtt_p99_us']:,.0f} us, "
+            f"server {f['server_cpu_us_per_msg'] or 0:.1f} us CPU/msg"
         )
     if scenario in ("storm", "mesh"):
         return f"{f['seconds']:.3f} s"
@@ -70,7 +71,8 @@ def headline(record: dict[str, Any]) -> str:
     if scenario == "churn":
         return (
             f"{f['msgs_per_s_before']:,.0f} -> {f['msgs_per_s_after']:,.0f} msgs/s "
-            f"({f['change_pct']:+.1f}%)"
+            f"({f['change_pct']:+.1f}%), server {f['server_cpu_us_per_msg_before'] or 0:.1f} -> "
+            f"{f['server_cpu_us_per_msg_after'] or 0:.1f} us CPU/msg"
         )
     return json.dumps(f)
 

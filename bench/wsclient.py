@@ -60,6 +60,11 @@ def message_frame(kind: str, payload: dict[str, Any]) -> bytes:
     return client_frame(orjson.dumps({"type": kind, "payload": payload}))
 
 
+#: Handshakes in flight at once when setting clients up (not in a storm):
+#: fewer than the server's listen backlog, so that no SYN is dropped and
+#: retried a second later.
+CONNECTING = 40
+
 CLOSE_NORMAL_FRAME = client_frame((1000).to_bytes(2, "big"), OP_CLOSE)
 
 
@@ -298,7 +303,7 @@ async def connect_many(
     tally: Tally,
     count: int,
     timeout: float,
-    concurrency: int = 200,
+    concurrency: int = CONNECTING,
     on_ready: Callable[[WsClient], None] | None = None,
 ) -> list[WsClient]:
     """Open ``count`` clients, at most ``concurrency`` handshakes at a time."""
