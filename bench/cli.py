@@ -99,7 +99,7 @@ async def run_one(name: str, params: dict[str, Any], args: argparse.Namespace) -
     finally:
         record["errors"] = tally.total
         record["error_kinds"] = dict(tally.counts)
-        record["error_examples"] = tally.examples
+        record["error_examples"] = list(tally.examples)
         if not server.alive():
             record["ok"] = False
             record["failure"] = "the server exited:\n" + server.log_tail()

@@ -58,7 +58,15 @@ async def storm(
         ]
         for task in connects:
             task.add_done_callback(connected_or_not)
-        await asyncio.wait_for(rooms.done, timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(rooms.done), timeout)
+        except TimeoutError:
+            waiting = sum(1 for task in connects if not task.done())
+            raise RuntimeError(
+                f"after {timeout:g} s, {rooms.arrived} of {clients} clients had their id and "
+                f"{rooms.joined} had joined; {waiting} were still waiting for the server; "
+                f"ListenDrops +{listen_drops() - drops}"
+            ) from None
         finished = rooms.done.result()
         usage = meter.stop()
         await asyncio.wait(connects, timeout=timeout)
@@ -74,6 +82,7 @@ async def storm(
             "seconds": finished - started,
             "connected": connected,
             "listen_drops": drops,
+            "server_cpu_seconds": usage["server_cpu_seconds"],
         },
         "generator_cpu_pct": usage["generator_cpu_pct"],
         "server_cpu_pct": usage["server_cpu_pct"],
@@ -114,6 +123,7 @@ async def idle(
             "rss_joined_mb": joined / 2**20,
             "rss_after_hold_mb": held / 2**20,
             "pings_answered": pings,
+            "server_cpu_seconds": usage["server_cpu_seconds"],
             "hold_s": usage["seconds"],
         },
         "generator_cpu_pct": usage["generator_cpu_pct"],

@@ -109,6 +109,7 @@ async def mesh(
             "seconds": finished - started,
             "joins_seconds": call.last_joined - started,
             "answers": call.answers,
+            "server_cpu_seconds": usage["server_cpu_seconds"],
         },
         "generator_cpu_pct": usage["generator_cpu_pct"],
         "server_cpu_pct": usage["server_cpu_pct"],

@@ -65,9 +65,12 @@ def headline(record: dict[str, Any]) -> str:
             f"server {f['server_cpu_us_per_msg'] or 0:.1f} us CPU/msg"
         )
     if scenario in ("storm", "mesh"):
-        return f"{f['seconds']:.3f} s"
+        return f"{f['seconds']:.3f} s, server {f['server_cpu_seconds']:.2f} s CPU"
     if scenario == "idle":
-        return f"{f['kb_per_connection']:.1f} KB/connection"
+        return (
+            f"{f['kb_per_connection']:.1f} KB/connection, "
+            f"server {f['server_cpu_seconds']:.2f} s CPU in {f['hold_s']:.0f} s"
+        )
     if scenario == "churn":
         return (
             f"{f['msgs_per_s_before']:,.0f} -> {f['msgs_per_s_after']:,.0f} msgs/s "
