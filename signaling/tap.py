@@ -73,6 +73,14 @@ class Options(usage.Options):
             None,
             f"Address to listen on (:: for all IPv6 and IPv4) [default: {DEFAULT_INTERFACE}].",
         ],
+        [
+            "backlog",
+            None,
+            1024,
+            "Connections the kernel may queue before the server accepts them "
+            "(for --port/--interface; --listen endpoints take backlog=N).",
+            _positive_int,
+        ],
         ["tls-cert", None, None, "PEM certificate chain (certbot's fullchain.pem): serve wss."],
         ["tls-key", None, None, "PEM private key of --tls-cert (certbot's privkey.pem)."],
         [
@@ -298,7 +306,7 @@ class Options(usage.Options):
         """The Twisted endpoint description for --port/--interface."""
         port = DEFAULT_PORT if self["port"] is None else self["port"]
         interface = self["interface"] or DEFAULT_INTERFACE
-        return f"tcp:{port}:interface={quoteStringArgument(interface)}"
+        return f"tcp:{port}:interface={quoteStringArgument(interface)}:backlog={self['backlog']}"
 
     @property
     def limits(self) -> Limits:

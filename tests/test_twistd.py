@@ -76,6 +76,7 @@ def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:
     [
         (["--port", "70000"], "--port must be between 0 and 65535"),
         (["--port", "http"], "invalid literal"),
+        (["--backlog", "0"], "not a positive integer"),
         (["--max-message-size", "0"], "not a positive integer"),
         (["--interface", ""], "--interface must not be empty"),
         (["--manhole", "tcp:0", "--manhole-keys", "keys"], "accept connections from other hosts"),
@@ -145,3 +146,16 @@ def test_plain_install_into_fresh_venv_serves_from_any_directory(
     assert_serves_demo(server.port)  # the static files are package data
     assert server.process.poll() is None
     assert "Server Shut Down" in server.stop()
+
+
+def test_listen_backlog_reaches_the_kernel(run_twistd) -> None:
+    """A burst of connections queues in the kernel instead of being dropped."""
+    server = run_twistd("--interface", "127.0.0.1", "--port", "0", "--backlog", "77")
+    listing = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{server.port}"],
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=10,
+    ).stdout.split()
+    assert listing[0] == "LISTEN" and listing[2] == "77", listing  # Send-Q: the backlog
