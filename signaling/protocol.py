@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from time import perf_counter
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import tcp, unix
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -26,6 +28,9 @@ skip_autobahn_debug_formatting()
 
 #: Close code for policy violations (rate limit, slow reader, join timeout).
 CLOSE_POLICY = 1008
+#: Transports whose socket send_frame may write to directly (not TLS).
+_PLAIN_STREAMS = (tcp.Server, unix.Server)
+
 #: Close code for a text frame that is not UTF-8.
 CLOSE_INVALID_PAYLOAD = 1007
 
@@ -54,6 +59,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     _paused = False
     _backlog = 0
     _partial = b""
+    _direct_socket: socket.socket | None = None
 
     @property
     def client_address(self) -> str:
@@ -102,6 +108,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         transport = cast(IConsumer, self.transport)
         transport.unregisterProducer()
         transport.registerProducer(self, True)
+        if type(transport) in _PLAIN_STREAMS and not getattr(transport, "TLS", False):
+            self._direct_socket = cast(Any, transport).socket
         # Memory an idle connection need not keep: the raw handshake texts,
         # and the UTF-8 validator that parse() makes redundant.
         self.http_request_data = b""
@@ -133,11 +141,15 @@ class SignalingProtocol(WebSocketServerProtocol):
         self._partial = b""
         offset = 0
         limit = self.factory.limits.max_message_size
+        factory = self.factory
         while True:
             end, is_binary, payload = next_frame(buf, offset, limit)
             if end < 0:
                 break
             offset = end
+            # A read that carried several frames is a burst: let the
+            # transport gather the replies into one send per target.
+            factory.write_through = end == len(buf)
             self.onMessage(payload, is_binary)
             if self.state != self.STATE_OPEN:
                 end = GENERAL  # closing: Autobahn reads the rest (the close reply)
@@ -299,7 +311,26 @@ class SignalingProtocol(WebSocketServerProtocol):
                 return
         self.messages_out += 1
         self.factory.stats.bytes_out += len(data)
-        self.transport.write(text_frame(data))  # type: ignore[union-attr]
+        frame = text_frame(data)
+        transport: Any = self.transport
+        sock = self._direct_socket
+        if (
+            sock is not None
+            and self.factory.write_through
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+        ):
+            # Nothing queued: send now rather than register for writability,
+            # wake up and send in the next reactor turn (two epoll_ctl calls
+            # and a loop pass per message when traffic is not bursty).
+            try:
+                sent = sock.send(frame)
+            except OSError:
+                sent = 0  # the transport's own write sees to errors
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        transport.write(frame)
 
     #: Member interface: the room delivers frames for this client here.
     deliver = send_frame
@@ -442,6 +473,7 @@ class SignalingFactory(WebSocketServerFactory):
         self.closed_messages_in = 0
         self.closed_messages_out = 0
         self.draining = False
+        self.write_through = True
         self.trust_proxy = trust_proxy
         self.clients: dict[str, SignalingProtocol] = {}
         self.address_counts: Counter[str] = Counter()

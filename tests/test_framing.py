@@ -139,3 +139,17 @@ def test_large_message_with_64_bit_length(make_server) -> None:
     sdp = "a=x\r\n" * 20_000  # 100 KB, above 65535
     raw.sock.sendall(client_frame(offer(peer.id, sdp)))
     assert peer.expect("offer")["sdp"] == sdp
+
+
+def test_replies_are_written_straight_to_plain_sockets(server: RunningServer) -> None:
+    """Plain TCP connections take the direct-send path (TLS ones never do)."""
+    from .conftest import on_reactor
+
+    raw, peer = joined_pair(server)
+    assert on_reactor(lambda: server.factory.clients[peer.id]._direct_socket) is not None
+    raw.sock.sendall(b"".join(client_frame(offer(peer.id, f"burst {i}")) for i in range(20)))
+    for i in range(20):  # a burst is queued through the transport, in order
+        raw.sock.sendall(client_frame(offer(peer.id, f"single {i}")))
+    assert [peer.expect("offer")["sdp"] for _ in range(40)] == [f"burst {i}" for i in range(20)] + [
+        f"single {i}" for i in range(20)
+    ]
