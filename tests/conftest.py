@@ -26,7 +26,7 @@ from signaling.limits import Limits
 from signaling.protocol import SignalingFactory
 from signaling.web import build_site
 
-from .twistd_process import Twistd, source_env, twistd_argv
+from .twistd_process import ServerProcess, source_env, twistd_argv
 
 TIMEOUT = 5.0
 
@@ -174,13 +174,16 @@ def server(make_server: Callable[..., RunningServer]) -> RunningServer:
 
 
 @pytest.fixture
-def run_twistd(tmp_path: Any) -> Iterator[Callable[..., Twistd]]:
+def run_twistd(tmp_path: Any) -> Iterator[Callable[..., ServerProcess]]:
     """Start ``twistd -n signaling ARGS`` in a temporary directory; stop it after."""
-    started: list[Twistd] = []
+    started: list[ServerProcess] = []
 
-    def run(*args: str, python: str = sys.executable, env: dict[str, str] | None = None) -> Twistd:
-        process = Twistd(twistd_argv(python, *args), tmp_path, env or source_env())
+    def run(
+        *args: str, python: str = sys.executable, env: dict[str, str] | None = None
+    ) -> ServerProcess:
+        process = ServerProcess(twistd_argv(python, *args), tmp_path, env or source_env())
         started.append(process)
+        process.ports(1)  # listening (or the test fails here with its log)
         return process
 
     yield run

@@ -14,8 +14,8 @@ from signaling.tap import Options
 
 from .certs import CertificateAuthority
 from .conftest import TIMEOUT, Client, wait_for
-from .server_process import run_once, twistd, usage_error
 from .test_wss import served_name, wss_client
+from .twistd_process import run_once, twistd, usage_error
 
 
 def parse(*args: str) -> Options:

@@ -10,8 +10,8 @@ import pytest
 from websockets.sync.client import connect
 
 from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
-from .server_process import twistd
 from .test_logging import events  # noqa: F401 - fixture
+from .twistd_process import twistd
 
 FORWARDED = "198.51.100.1, 203.0.113.7"
 

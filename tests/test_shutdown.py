@@ -19,7 +19,7 @@ from signaling.shutdown import POLL_INTERVAL, GracefulShutdown
 
 from .conftest import TIMEOUT, RunningServer, on_reactor, wait_for
 from .raw_client import open_by_hand
-from .server_process import twistd
+from .twistd_process import twistd
 
 
 class SilentClient:

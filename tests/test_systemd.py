@@ -18,8 +18,7 @@ from websockets.sync.client import connect
 from signaling.systemd import notify, notify_address
 
 from .conftest import TIMEOUT, Client
-from .server_process import twistd, usage_error
-from .twistd_process import ROOT, assert_serves, source_env, twistd_argv
+from .twistd_process import ROOT, assert_serves, source_env, twistd, twistd_argv, usage_error
 
 UNITS = ROOT / "contrib" / "systemd"
 INSTALLED_TWISTD = "/opt/signaling/bin/twistd"

@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 import venv
@@ -16,7 +15,7 @@ import pytest
 
 from signaling.tap import Options
 
-from .twistd_process import ROOT, assert_serves, source_env, twistd_argv
+from .twistd_process import ROOT, assert_serves, run_once, usage_error
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -37,15 +36,7 @@ def assert_serves_demo(port: int) -> None:
 
 
 def test_help_documents_every_option(tmp_path: Path) -> None:
-    result = subprocess.run(
-        twistd_argv(sys.executable, "--help"),
-        cwd=tmp_path,
-        env=source_env(),
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=60,
-    )
+    result = run_once(tmp_path, "--help")
     assert result.returncode == 0, result.stderr
     names = [row[0] for row in Options.optParameters + getattr(Options, "optFlags", [])]
     names += [name[4:].replace("_", "-") for name in dir(Options) if name.startswith("opt_")]
@@ -83,18 +74,7 @@ def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:
     ],
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], complaint: str) -> None:
-    result = subprocess.run(
-        twistd_argv(sys.executable, *args),
-        cwd=tmp_path,
-        env=source_env(),
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert complaint in result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
+    assert complaint in usage_error(tmp_path, *args)
 
 
 def test_bind_failure_aborts_start(tmp_path: Path) -> None:
@@ -102,15 +82,7 @@ def test_bind_failure_aborts_start(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            twistd_argv(sys.executable, "--interface", "127.0.0.1", "--port", str(port)),
-            cwd=tmp_path,
-            env=source_env(),
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=60,
-        )
+        result = run_once(tmp_path, "--interface", "127.0.0.1", "--port", str(port))
     assert result.returncode != 0
     assert "Address already in use" in result.stdout + result.stderr
 

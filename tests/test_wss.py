@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 from .certs import CertificateAuthority, client_context, peer_common_name
 from .conftest import TIMEOUT, Client
 from .raw_client import open_by_hand
-from .server_process import ServerProcess, twistd, usage_error
+from .twistd_process import ServerProcess, twistd, usage_error
 
 
 @pytest.fixture
