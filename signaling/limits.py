@@ -48,7 +48,8 @@ class RateLimiter:
         self.strikes = 0
 
     def allow(self, now: float) -> bool:
-        tokens = self._tokens + (now - self._stamp) * self.rate
+        # max(): a wall clock stepped back must not take tokens away
+        tokens = self._tokens + max(0.0, now - self._stamp) * self.rate
         if tokens > self.burst:
             tokens = self.burst
         self._stamp = now

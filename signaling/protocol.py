@@ -59,6 +59,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     _paused = False
     _backlog = 0
     _partial = b""
+    _dropping = False
     _direct_socket: socket.socket | None = None
 
     @property
@@ -135,6 +136,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             or self.inside_message
             or self.data
         ):
+            if self._partial:  # the start of a frame read on the fast path
+                data, self._partial = self._partial + data, b""
             super().dataReceived(data)
             return
         buf = self._partial + data if self._partial else data
@@ -160,6 +163,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             super().dataReceived(buf[offset:])
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # closing: Autobahn still delivers frames, but they no longer count
         started = perf_counter()
         self.messages_in += 1
         factory = self.factory
@@ -303,6 +308,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         """Queue one frame, unless the client has fallen too far behind."""
         if self.state != self.STATE_OPEN:
             return
+        if self._dropping:
+            return
         if self._paused:
             self._backlog += len(data)
             limit = self.factory.limits.max_send_buffer
@@ -348,10 +355,18 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def close_with(self, code: int, reason: str) -> None:
         """Start the closing handshake; the room hears of it at once."""
-        if self.room is not None:
-            self._leave_room()
         if self.state == self.STATE_OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        # Every way out of OPEN passes here (ours, Autobahn's protocol
+        # errors, the shutdown, the client's own close): the room hears
+        # leave-client now, not when TCP finally closes.
+        if self.room is not None:
+            self._leave_room()
+        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
 
     # -- limits ------------------------------------------------------------------
 
@@ -373,7 +388,12 @@ class SignalingProtocol(WebSocketServerProtocol):
             client_id=self.client_id,
             limit=self.factory.limits.max_send_buffer,
         )
-        self.close_with(CLOSE_POLICY, "client is not reading its messages")
+        # Not now: this runs inside a delivery, possibly in the middle of a
+        # registry operation on this client's room.
+        self._dropping = True
+        self.factory.clock.callLater(
+            0, self.close_with, CLOSE_POLICY, "client is not reading its messages"
+        )
 
     def _start_join_timer(self) -> None:
         timeout = self.factory.limits.join_timeout
@@ -399,10 +419,10 @@ class SignalingProtocol(WebSocketServerProtocol):
             return
         clock, limits = self.factory.clock, self.factory.limits
         now = clock.seconds()
-        quiet_since = self._last_seen
-        if now - quiet_since < limits.ping_interval:
+        quiet_for = now - self._last_seen
+        if 0 <= quiet_for < limits.ping_interval:
             self._keepalive = clock.callLater(
-                quiet_since + limits.ping_interval - now, self._send_keepalive
+                limits.ping_interval - quiet_for, self._send_keepalive
             )
             return
         self._ping_sent_at = now

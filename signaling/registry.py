@@ -88,6 +88,7 @@ class RoomRegistry:
 
         Returns the room and the ids of the members that were there before,
         in the order they joined.  Each of them receives one ``new-client``.
+        Members must not join or leave rooms from inside ``deliver``.
         """
         client_id = member.client_id
         if client_id in self._room_of:
@@ -117,7 +118,7 @@ class RoomRegistry:
         del room.members[client_id]
         if room.members:
             room.broadcast(messages.leave_client(client_id))
-        else:
+        elif self._rooms.get(room.room_id) is room:
             del self._rooms[room.room_id]
         return room
 
