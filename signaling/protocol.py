@@ -157,6 +157,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             if self.state != self.STATE_OPEN:
                 end = GENERAL  # closing: Autobahn reads the rest (the close reply)
                 break
+        factory.write_through = True
         if end == NEED_MORE:
             self._partial = buf[offset:]
         elif offset < len(buf):
@@ -306,14 +307,12 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def send_frame(self, data: bytes) -> None:
         """Queue one frame, unless the client has fallen too far behind."""
-        if self.state != self.STATE_OPEN:
-            return
-        if self._dropping:
+        if self.state != self.STATE_OPEN or self._dropping:
             return
         if self._paused:
             self._backlog += len(data)
             limit = self.factory.limits.max_send_buffer
-            if limit and self._backlog > limit:
+            if limit and self._queued_bytes() > limit:
                 self._drop_slow_consumer()
                 return
         self.messages_out += 1
@@ -380,6 +379,17 @@ class SignalingProtocol(WebSocketServerProtocol):
             messages.RATE_LIMITED,
             f"more than {limiter.rate:g} messages a second; message dropped",
         )
+
+    def _queued_bytes(self) -> int:
+        """Bytes waiting in the transport for this client, while it is paused.
+
+        Plain TCP transports say exactly; for others (TLS) this counts what
+        was written since the transport paused, which is at least as much.
+        """
+        if self._direct_socket is not None:
+            transport: Any = self.transport
+            return transport._tempDataLen + len(transport.dataBuffer) - transport.offset
+        return self._backlog
 
     def _drop_slow_consumer(self) -> None:
         self.factory.stats.slow_consumers += 1

@@ -256,3 +256,28 @@ def test_slow_consumer_is_closed_and_others_carry_on(make_server) -> None:
     assert on_reactor(lambda: server.factory.stats.slow_consumers) == 1
     assert server.rooms() == {"room": {sender.id}, "elsewhere": {x.id, y.id}}
     assert slow.is_closed_by_peer()
+
+
+def test_a_client_that_keeps_reading_is_not_dropped(make_server) -> None:
+    """What counts is what is queued, not all that passed while the queue was long."""
+    server = make_server(rate_limit=0, max_send_buffer=200 * 1024)
+    sender = server.client()
+    sender.join("room")
+    reader = RawWebSocket(server.port, rcvbuf=4096)
+    reader.send("join", {"room_id": "room"})
+    assert reader.recv_json()["type"] == "joined"
+    sender.expect("new-client")
+    # Small kernel buffers on the server's side, so the queue is the server's own.
+    on_reactor(
+        lambda: server.factory.clients[reader.id].transport.socket.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+    )
+    sdp = "a=x\r\n" * 2000  # 10 KB
+    lag = 12  # about 120 KB behind: over Twisted's 64 KiB pause mark, under the limit
+    for i in range(120):  # 1.2 MB in all
+        sender.offer(reader.id, f"{i} {sdp}")
+        if i >= lag:
+            assert reader.recv_json()["payload"]["sdp"].startswith(f"{i - lag} ")
+    assert on_reactor(lambda: server.factory.stats.slow_consumers) == 0
+    assert server.rooms() == {"room": {sender.id, reader.id}}
