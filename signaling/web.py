@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
@@ -43,6 +44,7 @@ class _ConnectResource(WebSocketResource):
         # are freed at once instead of waiting for the cyclic GC.
         channel = request.channel
         if channel is not None:
+            _cancel_deadline(channel)
             channel.requests.clear()
         request.channel = None  # type: ignore[assignment]
         return result
@@ -88,6 +90,44 @@ class MetricsResource(Resource):
         return metrics.render(self.registry)
 
 
+class _HandshakeDeadlineSite(Site):
+    """A site whose connections must have become WebSockets within
+    ``deadline`` seconds of connecting, or are closed.
+
+    twisted.web's own timeout restarts with every byte received, so a client
+    sending its request a byte at a time could hold a connection for hours.
+    Plain HTTP requests (health checks, the demo's files) fit well inside the
+    deadline; their keep-alive connections end with it.
+    """
+
+    def __init__(self, root: Resource, clock: IReactorTime, deadline: float) -> None:
+        super().__init__(root)
+        self.clock = clock
+        self.deadline = deadline
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if self.deadline > 0:
+            channel = protocol._channel
+            channel.signaling_deadline = self.clock.callLater(
+                self.deadline, _past_deadline, channel
+            )
+        return protocol
+
+
+def _past_deadline(channel: Any) -> None:
+    channel.signaling_deadline = None
+    if channel.transport is not None:  # still HTTP: not handed to a WebSocket
+        channel.transport.abortConnection()
+
+
+def _cancel_deadline(channel: Any) -> None:
+    call = getattr(channel, "signaling_deadline", None)
+    if call is not None and call.active():
+        call.cancel()
+    channel.signaling_deadline = None
+
+
 def _site(root: Resource) -> Site:
     site = Site(root)
     site.noisy = False
@@ -108,8 +148,8 @@ def build_site(factory: SignalingFactory, *, serve_metrics: bool = True, demo: b
     root.putChild(b"healthz", HealthResource(factory))
     if serve_metrics:
         root.putChild(b"metrics", MetricsResource(metrics.metrics_registry(factory)))
-    site = _site(root)
-    # twisted.web's idle timeout bounds how slowly a handshake may arrive.
+    site = _HandshakeDeadlineSite(root, factory.clock, factory.limits.handshake_timeout)
+    site.noisy = False
     site.timeOut = factory.limits.handshake_timeout or None
     return site
 
