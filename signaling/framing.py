@@ -13,8 +13,12 @@ from __future__ import annotations
 
 try:
     from websockets.speedups import apply_mask
+
+    NATIVE_MASKING = True
 except ImportError:  # pragma: no cover - platforms without the C extension
     from websockets.utils import apply_mask
+
+    NATIVE_MASKING = False
 
 #: :func:`next_frame` results that are not an offset.
 NEED_MORE = -1

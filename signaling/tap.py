@@ -9,6 +9,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import quoteStringArgument
+from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
@@ -21,9 +22,10 @@ from .reload import CertificateReloader
 from .shutdown import GracefulShutdown
 from .systemd import SystemdNotifier
 from .tls import MINIMUM_VERSIONS, ReloadableServerTLS, TLSConfigError
-from .tuning import tune_gc
+from .tuning import native_speedups, tune_gc
 from .web import build_metrics_site, build_site
 
+_log = Logger()
 _DEFAULTS = Limits()
 DEFAULT_PORT = 5000
 DEFAULT_INTERFACE = "0.0.0.0"
@@ -47,6 +49,13 @@ def _seconds(value: str) -> float:
     number = float(value)
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{value} is not a number of seconds >= 0")
+    return number
+
+
+def _rate(value: str) -> float:
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{value} is not a number of messages a second >= 0")
     return number
 
 
@@ -147,7 +156,7 @@ class Options(usage.Options):
             None,
             _DEFAULTS.rate_limit,
             "Messages a second one connection may send on average.",
-            _seconds,
+            _rate,
         ],
         [
             "rate-burst",
@@ -334,6 +343,14 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     tune_gc()
+    speedups = native_speedups()
+    if all(speedups.values()):
+        _log.info("native speedups active: {speedups}", speedups=", ".join(speedups))
+    else:
+        missing = ", ".join(name for name, active in speedups.items() if not active)
+        _log.warn(
+            "native speedups missing ({missing}): expect much lower throughput", missing=missing
+        )
     top = MultiService()
     factory = SignalingFactory(
         clock=reactor, limits=config.limits, trust_proxy=config["trust-proxy"]

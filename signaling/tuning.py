@@ -30,6 +30,20 @@ def skip_autobahn_debug_formatting() -> None:
     _autobahn_protocol.pformat = _unformatted  # type: ignore[assignment]
 
 
+def native_speedups() -> dict[str, bool]:
+    """Which compiled accelerators this install has; each missing one costs a
+    large factor on the per-message path."""
+    import autobahn.websocket as autobahn_websocket
+    import orjson  # noqa: F401  (a hard dependency: compiled by construction)
+
+    from .framing import NATIVE_MASKING
+
+    return {
+        "autobahn_nvx": bool(getattr(autobahn_websocket, "USES_NVX", False)),
+        "websockets_masking": NATIVE_MASKING,
+    }
+
+
 def tune_gc() -> None:
     """Make garbage collection cheap for a process with many live connections.
 

@@ -53,6 +53,7 @@ def test_serves_with_addr_alias_and_port(run_twistd) -> None:
     output = server.stop()
     assert "Server Shut Down" in output
     assert "connect " in output and "join " in output
+    assert "native speedups active: autobahn_nvx, websockets_masking" in output
 
 
 def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:

@@ -151,6 +151,9 @@ async function main() {
     const seconds = Math.ceil(detail.retryIn / 1000);
     setProblem("server", `Lost the connection to the server; retrying in ${seconds} s…`, "error");
   });
+  client.addEventListener("server-message", ({ detail }) => {
+    setProblem("operator", `Message from the server: ${detail.text}`);
+  });
   client.addEventListener("error", ({ detail }) => {
     if (detail.code === "server_unreachable") {
       setProblem("server", `Cannot reach the signaling server at ${client.url}; retrying…`, "error");

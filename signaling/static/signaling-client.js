@@ -181,6 +181,9 @@ export class SignalingClient extends EventTarget {
       case "error":
         this._emit("error", payload);
         break;
+      case "server-message":
+        this._emit("server-message", payload);
+        break;
     }
   }
 
