@@ -251,7 +251,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         self.room = room
         self._cancel_join_timer()
         _log.info(
-            "join {client_id} room={room_id} members={members}",
+            "join {client_id} room={room_id!r} members={members}",
             client_id=self.client_id,
             room_id=room.room_id,
             members=len(room),
@@ -270,7 +270,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         self.room = None
         if room is not None:
             _log.info(
-                "leave {client_id} room={room_id} remaining={remaining}",
+                "leave {client_id} room={room_id!r} remaining={remaining}",
                 client_id=self.client_id,
                 room_id=room.room_id,
                 remaining=len(room),

@@ -45,7 +45,9 @@ class _ConnectResource(WebSocketResource):
         channel = request.channel
         if channel is not None:
             _cancel_deadline(channel)
-            channel.requests.clear()
+            requests = getattr(channel, "requests", None)  # HTTP/1.1 channels only
+            if requests is not None:
+                requests.clear()
         request.channel = None  # type: ignore[assignment]
         return result
 

@@ -57,6 +57,19 @@ def test_lifecycle_events_carry_client_and_room(
     [error] = ours(events, "error")
     assert (error["client_id"], error["code"]) == (a.id, "unknown_type")
 
+    joined = [formatEvent(e) for e in ours(events, "join")]
+    assert all("room='logged-room'" in line for line in joined), joined
+
     for event in list(events):
         if event.get("log_level", LogLevel.debug) >= LogLevel.info:
             assert "do-not-log-this-secret" not in (formatEvent(event) + repr(event))
+
+
+def test_room_ids_cannot_forge_log_lines(
+    server: RunningServer, events: list[dict[str, Any]]
+) -> None:
+    a = server.client()
+    a.join("r\n2026-01-01T00:00:00+0000 [signaling.protocol#info] join forged")
+    assert wait_for(lambda: len(ours(events, "join")) == 1)
+    [line] = [formatEvent(e) for e in ours(events, "join")]
+    assert "\n" not in line and "\\n" in line
