@@ -11,7 +11,7 @@ from .measure import Meter
 from .relay import relay
 from .rooms import LEAVE_FRAME, Rooms
 from .server import Server
-from .wsclient import CLOSE_NORMAL_FRAME, Tally, close_all, connect, connect_many
+from .wsclient import CLOSE_NORMAL_FRAME, Tally, connect, connect_many
 
 
 def listen_drops() -> int:
@@ -22,11 +22,6 @@ def listen_drops() -> int:
         if names.startswith("TcpExt:"):
             return int(dict(zip(names.split(), values.split(), strict=True))["ListenDrops"])
     return 0
-
-
-def _abort_all(tally: Tally) -> None:
-    for client in tally.clients:
-        client.abort()
 
 
 async def storm(
@@ -72,11 +67,9 @@ async def storm(
         await asyncio.wait(connects, timeout=timeout)
         rooms.verify()
         drops = listen_drops() - drops
-        stuck = await close_all(tally.clients, timeout)
-        if stuck:
-            tally.error("close", f"{stuck} connections not closed by the server")
+        await tally.close(tally.clients, timeout)
     finally:
-        _abort_all(tally)
+        tally.abort_all()
     return {
         "figures": {
             "seconds": finished - started,
@@ -110,11 +103,9 @@ async def idle(
         if still_open != clients:
             tally.error("dropped", f"{clients - still_open} connections lost during the hold")
         pings = sum(c.pings for c in opened)
-        stuck = await close_all(opened, timeout)
-        if stuck:
-            tally.error("close", f"{stuck} connections not closed by the server")
+        await tally.close(opened, timeout)
     finally:
-        _abort_all(tally)
+        tally.abort_all()
     return {
         "figures": {
             "kb_per_connection": (joined - before) / clients / 1024,
@@ -171,7 +162,7 @@ async def churn(
         for number, start in enumerate(range(0, clients, batch)):
             await _churn_batch(server, tally, min(batch, clients - start), number, timeout)
     finally:
-        _abort_all(tally)
+        tally.abort_all()
     usage = meter.stop()
     rss_after = server.rss_bytes()
     deadline = time.monotonic() + 10

@@ -15,7 +15,7 @@ from .relay import ANSWER_SDP, OFFER_SDP
 from .rooms import join_frame
 from .sdp import relay_frame, relayed
 from .server import Server
-from .wsclient import Tally, WsClient, close_all, connect_many
+from .wsclient import Tally, WsClient, connect_many
 
 ROOM = "mesh"
 
@@ -98,12 +98,9 @@ async def mesh(
         finished = call.done.result()
         usage = meter.stop()
         call.verify()
-        stuck = await close_all(clients, timeout)
-        if stuck:
-            tally.error("close", f"{stuck} connections not closed by the server")
+        await tally.close(clients, timeout)
     finally:
-        for client in tally.clients:
-            client.abort()
+        tally.abort_all()
     return {
         "figures": {
             "seconds": finished - started,

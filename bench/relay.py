@@ -11,7 +11,7 @@ from .measure import Meter, percentile
 from .rooms import Rooms
 from .sdp import make_sdp, relay_frame, relayed
 from .server import Server
-from .wsclient import Tally, WsClient, close_all, connect_many
+from .wsclient import Tally, WsClient, connect_many
 
 OFFER_SDP = make_sdp(seed=1)
 ANSWER_SDP = make_sdp(seed=2)
@@ -125,12 +125,9 @@ async def relay(
         lost = sum(p.lost for p in all_pairs)
         if lost:
             tally.error("lost", f"{lost} messages sent but not received after {drain} s", lost)
-        stuck = await close_all(clients, timeout)
-        if stuck:
-            tally.error("close", f"{stuck} connections not closed by the server")
+        await tally.close(clients, timeout)
     finally:
-        for client in tally.clients:
-            client.abort()
+        tally.abort_all()
 
     latencies = sorted(run.latencies)
     return {

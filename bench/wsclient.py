@@ -86,6 +86,17 @@ class Tally:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    async def close(self, clients: list[WsClient], timeout: float) -> None:
+        """Close ``clients`` (see :func:`close_all`); count any the server kept."""
+        stuck = await close_all(clients, timeout)
+        if stuck:
+            self.error("close", f"{stuck} connections not closed by the server")
+
+    def abort_all(self) -> None:
+        """Drop every connection the scenario opened (its ``finally``)."""
+        for client in self.clients:
+            client.abort()
+
 
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():

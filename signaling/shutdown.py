@@ -51,7 +51,6 @@ class GracefulShutdown(Service):
         self._clock = clock
         self._reactor = reactor
         self._restore_handlers: list[Callable[[], None]] = []
-        self._draining: Deferred[None] | None = None
         self._finish_now: Callable[[str], None] | None = None
 
     def startService(self) -> None:
