@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.logger import Logger
-
 from . import messages
+from .logs import ServerLogger
 from .protocol import SignalingFactory, SignalingProtocol
 from .registry import Room
 
-_log = Logger()
+_log = ServerLogger()
 
 #: WebSocket close code for a client the operator kicked.
 KICKED = 4000

@@ -22,11 +22,12 @@ from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readA
 from twisted.conch.insults import insults
 from twisted.conch.ssh import keys
 from twisted.cred.portal import IRealm, Portal
-from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import implementer
 
-_log = Logger()
+from .logs import ServerLogger
+
+_log = ServerLogger()
 
 DEFAULT_HOST_KEY_PATH = "manhole_host_key"
 

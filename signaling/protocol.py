@@ -11,19 +11,19 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp, unix
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import messages
 from .framing import GENERAL, NEED_MORE, next_frame, text_frame
 from .limits import Limits, RateLimiter
+from .logs import ServerLogger
 from .messages import Join, NotUtf8, ProtocolError, Relay
 from .origin import OriginPolicy
 from .registry import AlreadyInRoom, Room, RoomFull, RoomRegistry, TooManyRooms, new_client_id
 from .stats import Stats
 from .tuning import skip_autobahn_debug_formatting
 
-_log = Logger()
+_log = ServerLogger()
 skip_autobahn_debug_formatting()
 
 #: Close code for policy violations (rate limit, slow reader, join timeout).
@@ -119,7 +119,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         self._start_join_timer()
         if limits.ping_interval > 0:
             self._keepalive = factory.clock.callLater(limits.ping_interval, self._send_keepalive)
-        _log.info("connect {client_id} from {peer}", client_id=client_id, peer=self.peer)
+        _log.debug("connect {client_id} from {peer}", client_id=client_id, peer=self.peer)
         self.send_frame(messages.notify_client_id(client_id))
 
     def dataReceived(self, data: bytes) -> None:
@@ -250,7 +250,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             return
         self.room = room
         self._cancel_join_timer()
-        _log.info(
+        _log.debug(
             "join {client_id} room={room_id!r} members={members}",
             client_id=self.client_id,
             room_id=room.room_id,
@@ -269,7 +269,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         room = self.factory.registry.leave(self.client_id)
         self.room = None
         if room is not None:
-            _log.info(
+            _log.debug(
                 "leave {client_id} room={room_id!r} remaining={remaining}",
                 client_id=self.client_id,
                 room_id=room.room_id,
@@ -292,7 +292,7 @@ class SignalingProtocol(WebSocketServerProtocol):
                 del counts[self.address]
         if self.room is not None:
             self._leave_room()
-        _log.info(
+        _log.debug(
             "disconnect {client_id} code={code} reason={reason!r} clean={clean}",
             client_id=self.client_id,
             code=code,

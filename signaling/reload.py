@@ -10,12 +10,12 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from .logs import ServerLogger
 from .signals import install_handler
 from .tls import ReloadableServerTLS, describe
 
-_log = Logger()
+_log = ServerLogger()
 
 #: What identifies one version of a file: changed by an edit, a rename over
 #: it or a symlink pointing elsewhere (certbot's live/ directory).

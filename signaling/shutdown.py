@@ -12,12 +12,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from .logs import ServerLogger
 from .protocol import SignalingFactory
 from .signals import install_handler
 
-_log = Logger()
+_log = ServerLogger()
 
 GOING_AWAY = 1001
 CLOSE_REASON = b"server shutting down"

@@ -7,9 +7,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import Logger
+from .logs import ServerLogger
 
-_log = Logger()
+_log = ServerLogger()
 
 
 def install_handler(

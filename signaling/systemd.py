@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.logger import Logger
 
-_log = Logger()
+from .logs import ServerLogger
+
+_log = ServerLogger()
 
 
 def notify_address(environ: Mapping[str, str]) -> str | None:

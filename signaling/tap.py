@@ -9,13 +9,13 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import quoteStringArgument
-from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
 from .admin import Admin
 from .limits import Limits
 from .listen import listening_service, plan_listeners
+from .logs import LEVELS, ServerLogger, set_level
 from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
 from .protocol import SignalingFactory
 from .reload import CertificateReloader
@@ -25,7 +25,7 @@ from .tls import MINIMUM_VERSIONS, ReloadableServerTLS, TLSConfigError
 from .tuning import native_speedups, tune_gc
 from .web import build_metrics_site, build_site
 
-_log = Logger()
+_log = ServerLogger()
 _DEFAULTS = Limits()
 DEFAULT_PORT = 5000
 DEFAULT_INTERFACE = "0.0.0.0"
@@ -62,6 +62,12 @@ def _rate(value: str) -> float:
 def _tls_version(value: str) -> str:
     if value not in MINIMUM_VERSIONS:
         raise ValueError(f"{value} is not one of {', '.join(MINIMUM_VERSIONS)}")
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value not in LEVELS:
+        raise ValueError(f"{value} is not one of {', '.join(LEVELS)}")
     return value
 
 
@@ -112,6 +118,14 @@ class Options(usage.Options):
             0,
             "Number of reverse proxies in front whose X-Forwarded-For gives the client address.",
             _count,
+        ],
+        [
+            "log-level",
+            None,
+            "info",
+            "Least severe of the server's events to log: debug (adds every connect, "
+            "join, leave and disconnect), info, warn or error.",
+            _log_level,
         ],
         [
             "shutdown-timeout",
@@ -342,6 +356,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     """Build the signaling service from parsed options."""
     if reactor is None:
         from twisted.internet import reactor
+    set_level(LEVELS[config["log-level"]])
     tune_gc()
     speedups = native_speedups()
     if all(speedups.values()):

@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion
-from twisted.logger import Logger
 from zope.interface import implementer
 
-_log = Logger()
+from .logs import ServerLogger
+
+_log = ServerLogger()
 
 #: ``--tls-min-version`` values.
 MINIMUM_VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}

@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 from twisted.internet import reactor
 from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import LogLevel, globalLogPublisher
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from signaling.limits import Limits
+from signaling.logs import set_level
 from signaling.protocol import SignalingFactory
 from signaling.web import build_site
 
@@ -189,3 +191,29 @@ def run_twistd(tmp_path: Any) -> Iterator[Callable[..., ServerProcess]]:
     yield run
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def log_level() -> Iterator[None]:
+    yield
+    set_level(LogLevel.info)
+
+
+@pytest.fixture
+def info_events(log_level: None) -> Iterator[list[dict[str, Any]]]:
+    """The events emitted at the default level, info."""
+    set_level(LogLevel.info)
+    captured: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(captured.append)
+    yield captured
+    globalLogPublisher.removeObserver(captured.append)
+
+
+@pytest.fixture
+def events(log_level: None) -> Iterator[list[dict[str, Any]]]:
+    """The events emitted with ``--log-level debug``."""
+    set_level(LogLevel.debug)
+    captured: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(captured.append)
+    yield captured
+    globalLogPublisher.removeObserver(captured.append)

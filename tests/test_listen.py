@@ -140,7 +140,7 @@ def test_one_process_serves_ws_and_wss(tmp_path: Path, tls_files: list[str]) -> 
 
 def test_unix_socket_endpoint(tmp_path: Path) -> None:
     path = tmp_path / "signaling.sock"
-    with twistd(tmp_path, "--listen", f"unix:{path}:mode=600") as server:
+    with twistd(tmp_path, "--listen", f"unix:{path}:mode=600", "--log-level", "debug") as server:
         server.wait_for(r"starting on .*signaling\.sock")
         # Twisted logs that line before it binds, then sets the mode.
         assert wait_for(lambda: path.exists() and path.stat().st_mode & 0o777 == 0o600)

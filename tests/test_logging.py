@@ -1,24 +1,17 @@
-"""Log events: connect, join, leave, disconnect and errors, never SDP at info."""
+"""Log events: connect, join, leave, disconnect (debug) and errors, never SDP at info."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
+
+from signaling.logs import ServerLogger, set_level
 
 from .conftest import RunningServer, wait_for
 
 SECRET_SDP = "v=0\r\na=ice-pwd:do-not-log-this-secret\r\n"
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    captured: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(captured.append)
-    yield captured
-    globalLogPublisher.removeObserver(captured.append)
 
 
 def ours(events: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
@@ -73,3 +66,33 @@ def test_room_ids_cannot_forge_log_lines(
     assert wait_for(lambda: len(ours(events, "join")) == 1)
     [line] = [formatEvent(e) for e in ours(events, "join")]
     assert "\n" not in line and "\\n" in line
+
+
+def test_info_level_keeps_errors_and_drops_lifecycle(
+    server: RunningServer, info_events: list[dict[str, Any]]
+) -> None:
+    a, b = server.client(), server.client()
+    a.join("quiet-room")
+    b.join("quiet-room")
+    a.expect("new-client")
+    a.send("dance", {})
+    a.expect_error("unknown_type")
+    a.close()
+    b.expect("leave-client")
+    assert wait_for(lambda: ours(info_events, "error"))
+    for prefix in ("connect", "join", "leave", "disconnect"):
+        assert not ours(info_events, prefix), prefix
+
+
+@pytest.mark.parametrize("level", [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error])
+def test_server_logger_drops_events_below_the_level(log_level: None, level: LogLevel) -> None:
+    captured: list[dict[str, Any]] = []
+    logger = ServerLogger(namespace="test", observer=captured.append)
+    set_level(level)
+    for each in (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error):
+        logger.emit(each, "at {name}", name=each.name)
+    assert [e["log_level"] for e in captured] == [
+        each
+        for each in (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error)
+        if each >= level
+    ]

@@ -10,7 +10,6 @@ import pytest
 from websockets.sync.client import connect
 
 from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
-from .test_logging import events  # noqa: F401 - fixture
 from .twistd_process import twistd
 
 FORWARDED = "198.51.100.1, 203.0.113.7"
@@ -44,7 +43,7 @@ def test_socket_address_when_no_header(make_server: Callable[..., RunningServer]
 
 def test_the_log_names_the_real_client(
     make_server: Callable[..., RunningServer],
-    events: list[dict[str, Any]],  # noqa: F811
+    events: list[dict[str, Any]],
 ) -> None:
     server = make_server(trust_proxy=1)
     address_seen(server, {"X-Forwarded-For": FORWARDED})
@@ -58,7 +57,15 @@ def test_the_log_names_the_real_client(
 
 def test_twistd_option(tmp_path: Path) -> None:
     with twistd(
-        tmp_path, "--interface", "127.0.0.1", "--port", "0", "--trust-proxy", "1"
+        tmp_path,
+        "--interface",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--trust-proxy",
+        "1",
+        "--log-level",
+        "debug",
     ) as server:
         [port] = server.ports()
         with connect(

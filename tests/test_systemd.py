@@ -128,6 +128,8 @@ def test_socket_activation(
             tmp_path,
             "--listen",
             f"systemd:domain={domain}:name=signaling",
+            "--log-level",
+            "debug",
             env=env,
             wrapper=wrapper,
             pass_fds=(listening.fileno(),),

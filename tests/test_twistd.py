@@ -52,8 +52,24 @@ def test_serves_with_addr_alias_and_port(run_twistd) -> None:
     assert_serves_demo(server.port)
     output = server.stop()
     assert "Server Shut Down" in output
-    assert "connect " in output and "join " in output
+    assert " join " not in output  # per-connection events are debug-level
     assert "native speedups active: autobahn_nvx, websockets_masking" in output
+
+
+def test_debug_log_level_logs_each_connection(run_twistd) -> None:
+    server = run_twistd("--interface", "127.0.0.1", "--port", "0", "--log-level", "debug")
+    assert_serves(server.port)
+    output = server.stop()
+    for event in ("connect ", "join ", "disconnect "):
+        assert f"[signaling.protocol#debug] {event}" in output, event
+
+
+def test_warn_log_level_hides_info(run_twistd) -> None:
+    server = run_twistd("--interface", "127.0.0.1", "--port", "0", "--log-level", "warn")
+    assert_serves(server.port)
+    output = server.stop()
+    assert "native speedups active" not in output
+    assert "Server Shut Down" in output  # Twisted's own lines are not filtered
 
 
 def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:
@@ -69,6 +85,7 @@ def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:
         (["--port", "70000"], "--port must be between 0 and 65535"),
         (["--port", "http"], "invalid literal"),
         (["--backlog", "0"], "not a positive integer"),
+        (["--log-level", "verbose"], "not one of debug, info, warn, error"),
         (["--max-message-size", "0"], "not a positive integer"),
         (["--interface", ""], "--interface must not be empty"),
         (["--manhole", "tcp:0", "--manhole-keys", "keys"], "accept connections from other hosts"),
