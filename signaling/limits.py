@@ -27,6 +27,7 @@ class Limits:
     ping_timeout: float = 20.0
     join_timeout: float = 30.0
     handshake_timeout: float = 10.0
+    max_handshake_size: int = 16 * KIB
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
 
 

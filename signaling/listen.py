@@ -9,9 +9,9 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
-from twisted.web.server import Site
 
 from .tls import ReloadableServerTLS
 
@@ -92,14 +92,14 @@ def plan_listeners(options: Mapping[str, Any], simple_description: str) -> list[
 
 
 def listening_service(
-    listener: Listener, site: Site, tls: ReloadableServerTLS | None, reactor: Any
+    listener: Listener, serving: IProtocolFactory, tls: ReloadableServerTLS | None, reactor: Any
 ) -> StreamServerEndpointService:
-    """A service serving ``site`` on the listener's endpoint (wss with ``tls``).
+    """A service serving ``serving`` on the listener's endpoint (wss with ``tls``).
 
     A failure to listen aborts start-up.
     """
-    factory: Any = site
+    factory: Any = serving
     if listener.tls:
         assert tls is not None
-        factory = TLSMemoryBIOFactory(tls, False, site)
+        factory = TLSMemoryBIOFactory(tls, False, serving)
     return strports.service(listener.description, factory, reactor=reactor)

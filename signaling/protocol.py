@@ -5,12 +5,18 @@ from __future__ import annotations
 import socket
 from collections import Counter
 from time import perf_counter
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp, unix
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
 from zope.interface import implementer
 
 from . import messages
@@ -33,6 +39,20 @@ _PLAIN_STREAMS = (tcp.Server, unix.Server)
 
 #: Close code for a text frame that is not UTF-8.
 CLOSE_INVALID_PAYLOAD = 1007
+#: The WebSocket endpoint's path, as it appears in a request line.
+WEBSOCKET_TARGET = b"/connect"
+
+
+class HTTPFallback(Protocol):
+    """Serves the connections whose first request is not for ``/connect``."""
+
+    def take_over(self, transport: ITransport, data: bytes, elapsed: float) -> None:
+        """Serve ``transport`` from now on; ``data`` is what it sent so far,
+        ``elapsed`` the seconds since it connected."""
+
+
+def _is_websocket_target(target: bytes) -> bool:
+    return target == WEBSOCKET_TARGET or target.startswith(WEBSOCKET_TARGET + b"?")
 
 
 @implementer(IPushProducer)
@@ -61,12 +81,71 @@ class SignalingProtocol(WebSocketServerProtocol):
     _partial = b""
     _dropping = False
     _direct_socket: socket.socket | None = None
+    _accepted_at = 0.0
+    _handshake_deadline: IDelayedCall | None = None
 
     @property
     def client_address(self) -> str:
         """The client's address, e.g. ``tcp4:192.0.2.7:50412``; with ``--trust-proxy``,
         the address the trusted proxies put in X-Forwarded-For."""
         return self.peer or "unknown"
+
+    # -- opening handshake -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        factory = self.factory
+        self._accepted_at = factory.clock.seconds()
+        timeout = factory.limits.handshake_timeout
+        if timeout > 0:
+            self._handshake_deadline = factory.clock.callLater(timeout, self._handshake_too_slow)
+
+    def _handshake_too_slow(self) -> None:
+        """The fixed deadline: bytes trickling in do not extend it."""
+        self._handshake_deadline = None
+        if self.state == self.STATE_CONNECTING:
+            self.wasOpenHandshakeTimeout = True
+            self.dropConnection(abort=True)
+
+    def _cancel_handshake_deadline(self) -> None:
+        if self._handshake_deadline is not None:
+            if self._handshake_deadline.active():
+                self._handshake_deadline.cancel()
+            self._handshake_deadline = None
+
+    def processHandshake(self) -> None:
+        """Read the opening request: Autobahn answers a request for
+        ``/connect``; any other goes to the HTTP site (``factory.http_site``).
+
+        Listening with this factory directly, rather than behind twisted.web,
+        means a WebSocket's request is parsed once, by Autobahn, and no HTTP
+        request objects are built for it.
+        """
+        data = self.data
+        site = self.factory.http_site
+        if site is not None:
+            line_end = data.find(b"\r\n")
+            if line_end < 0:
+                if len(data) > self.factory.limits.max_handshake_size:
+                    self.failHandshake("request line too long", 414)
+                return
+            parts = data[:line_end].split(b" ", 2)
+            if len(parts) < 2 or not _is_websocket_target(parts[1]):
+                self._hand_to(site)
+                return
+        if len(data) > self.factory.limits.max_handshake_size and b"\r\n\r\n" not in data:
+            self.failHandshake("request header fields too large", 431)
+            return
+        super().processHandshake()
+
+    def _hand_to(self, site: HTTPFallback) -> None:
+        self._cancel_handshake_deadline()
+        self.factory.countConnections -= 1  # Autobahn counted this connection as its own
+        data, self.data = self.data, b""
+        self.state = self.STATE_CLOSED
+        transport = cast(ITransport, self.transport)
+        self.transport = None
+        site.take_over(transport, data, self.factory.clock.seconds() - self._accepted_at)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         factory = self.factory
@@ -95,6 +174,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         raise ConnectionDeny(status, reason)
 
     def onOpen(self) -> None:
+        self._cancel_handshake_deadline()
         factory = self.factory
         self.client_id = client_id = new_client_id()
         self.connected_at = self._last_seen = now = factory.clock.seconds()
@@ -277,6 +357,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._cancel_handshake_deadline()
         if not self.client_id:
             return  # the opening handshake never completed
         factory = self.factory
@@ -506,11 +587,14 @@ class SignalingFactory(WebSocketServerFactory):
         self.write_through = True
         self.trust_proxy = trust_proxy
         self.clients: dict[str, SignalingProtocol] = {}
+        #: Where requests for other paths than /connect go (``web.listening_factory``).
+        self.http_site: HTTPFallback | None = None
         self.address_counts: Counter[str] = Counter()
         self.setProtocolOptions(
             maxMessagePayloadSize=limits.max_message_size,
             maxFramePayloadSize=limits.max_message_size,
-            openHandshakeTimeout=limits.handshake_timeout,
+            # The handshake deadline runs on ``clock`` (connectionMade).
+            openHandshakeTimeout=0,
             # parse() rejects invalid UTF-8 as part of reading the JSON; a
             # second pass over every frame would only repeat that work.
             utf8validateIncoming=False,

@@ -23,7 +23,7 @@ from .shutdown import GracefulShutdown
 from .systemd import SystemdNotifier
 from .tls import MINIMUM_VERSIONS, ReloadableServerTLS, TLSConfigError
 from .tuning import native_speedups, tune_gc
-from .web import build_metrics_site, build_site
+from .web import build_metrics_site, listening_factory
 
 _log = ServerLogger()
 _DEFAULTS = Limits()
@@ -222,6 +222,13 @@ class Options(usage.Options):
             _seconds,
         ],
         [
+            "max-handshake-size",
+            None,
+            _DEFAULTS.max_handshake_size,
+            "Bytes of request line and headers accepted for the WebSocket handshake.",
+            _positive_int,
+        ],
+        [
             "metrics-listen",
             None,
             None,
@@ -348,6 +355,7 @@ class Options(usage.Options):
             ping_timeout=self["ping-timeout"],
             join_timeout=self["join-timeout"],
             handshake_timeout=self["handshake-timeout"],
+            max_handshake_size=self["max-handshake-size"],
             allowed_origins=tuple(self["allowed-origin"]),
         )
 
@@ -373,9 +381,11 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     # Services stop in reverse order: the listeners before the drain.
     GracefulShutdown(factory, config["shutdown-timeout"], reactor, reactor).setServiceParent(top)
     metrics_listen = config["metrics-listen"]
-    site = build_site(factory, serve_metrics=not metrics_listen, demo=not config["no-demo"])
+    serving = listening_factory(
+        factory, serve_metrics=not metrics_listen, demo=not config["no-demo"]
+    )
     for listener in config["listeners"]:
-        listening_service(listener, site, config["tls"], reactor).setServiceParent(top)
+        listening_service(listener, serving, config["tls"], reactor).setServiceParent(top)
     if metrics_listen:
         strports.service(metrics_listen, build_metrics_site(factory)).setServiceParent(top)
     interval = config["tls-reload-interval"]

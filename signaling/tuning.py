@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+import autobahn.twisted.websocket as _autobahn_twisted
 import autobahn.websocket.protocol as _autobahn_protocol
 
 #: Young-generation threshold: collect after this many new container objects
@@ -25,9 +26,14 @@ def skip_autobahn_debug_formatting() -> None:
     debug logging is off; it was a third of the server's cost per
     connection. The debug line, if enabled, shows the unformatted list.
     (The module's only other use of pformat is timing reports, which the
-    server never turns on.)
+    server never turns on.) ``hltype`` and ``hlval``, which colour names
+    and values for debug lines, get the same treatment: each connection
+    called them a dozen times for lines nobody saw.
     """
     _autobahn_protocol.pformat = _unformatted  # type: ignore[assignment]
+    for module in (_autobahn_protocol, _autobahn_twisted):
+        module.hltype = _unformatted  # type: ignore[attr-defined]
+        module.hlval = _unformatted  # type: ignore[attr-defined]
 
 
 def native_speedups() -> dict[str, bool]:

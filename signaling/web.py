@@ -6,12 +6,13 @@ browser client and the page's files under ``/static/``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
@@ -92,8 +93,8 @@ class MetricsResource(Resource):
         return metrics.render(self.registry)
 
 
-class _HandshakeDeadlineSite(Site):
-    """A site whose connections must have become WebSockets within
+class SignalingSite(Site):
+    """The HTTP side of the server: a site whose connections must have become WebSockets within
     ``deadline`` seconds of connecting, or are closed.
 
     twisted.web's own timeout restarts with every byte received, so a client
@@ -108,13 +109,30 @@ class _HandshakeDeadlineSite(Site):
         self.deadline = deadline
 
     def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
+        return self._with_deadline(super().buildProtocol(addr), self.deadline)
+
+    def _with_deadline(self, protocol: Any, seconds: float) -> Any:
         if self.deadline > 0:
             channel = protocol._channel
             channel.signaling_deadline = self.clock.callLater(
-                self.deadline, _past_deadline, channel
+                max(seconds, 0), _past_deadline, channel
             )
         return protocol
+
+    def take_over(self, transport: ITransport, data: bytes, elapsed: float) -> None:
+        """Serve a connection that the WebSocket protocol read first (its
+        request is not for ``/connect``): an HTTP channel replaces that
+        protocol on ``transport``, reads ``data``, and gets what is left of
+        the deadline."""
+        protocol = self._with_deadline(
+            Site.buildProtocol(self, transport.getPeer()), self.deadline - elapsed
+        )
+        if isinstance(transport, ProtocolWrapper):  # TLS
+            transport.wrappedProtocol = protocol
+        else:
+            cast(Any, transport).protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
 
 
 def _past_deadline(channel: Any) -> None:
@@ -136,7 +154,9 @@ def _site(root: Resource) -> Site:
     return site
 
 
-def build_site(factory: SignalingFactory, *, serve_metrics: bool = True, demo: bool = True) -> Site:
+def build_site(
+    factory: SignalingFactory, *, serve_metrics: bool = True, demo: bool = True
+) -> SignalingSite:
     """The main site: ``/connect``, ``/healthz``, ``/metrics`` (unless moved)
     and, with ``demo``, the demo page at ``/`` and its files under
     ``/static/``. Other paths answer 404.
@@ -150,10 +170,21 @@ def build_site(factory: SignalingFactory, *, serve_metrics: bool = True, demo: b
     root.putChild(b"healthz", HealthResource(factory))
     if serve_metrics:
         root.putChild(b"metrics", MetricsResource(metrics.metrics_registry(factory)))
-    site = _HandshakeDeadlineSite(root, factory.clock, factory.limits.handshake_timeout)
+    site = SignalingSite(root, factory.clock, factory.limits.handshake_timeout)
     site.noisy = False
     site.timeOut = factory.limits.handshake_timeout or None
     return site
+
+
+def listening_factory(
+    factory: SignalingFactory, *, serve_metrics: bool = True, demo: bool = True
+) -> SignalingFactory:
+    """``factory``, ready to listen with: a connection whose first request
+    is the WebSocket handshake for ``/connect`` goes straight to the
+    protocol; any other is handed to the site ``build_site`` makes with
+    the same options."""
+    factory.http_site = build_site(factory, serve_metrics=serve_metrics, demo=demo)
+    return factory
 
 
 def build_metrics_site(factory: SignalingFactory) -> Site:

@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 from signaling.limits import Limits
 from signaling.logs import set_level
 from signaling.protocol import SignalingFactory
-from signaling.web import build_site
+from signaling.web import listening_factory
 
 from .twistd_process import ServerProcess, source_env, twistd_argv
 
@@ -161,7 +161,9 @@ def make_server(reactor_thread: Any) -> Iterator[Callable[..., RunningServer]]:
             factory = SignalingFactory(
                 clock=clock, limits=Limits(**limits), trust_proxy=trust_proxy
             )
-            port = on_reactor(reactor.listenTCP, 0, build_site(factory), interface="127.0.0.1")
+            port = on_reactor(
+                reactor.listenTCP, 0, listening_factory(factory), interface="127.0.0.1"
+            )
             ports.append(port)
             return RunningServer(factory, port, stack)
 

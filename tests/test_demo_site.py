@@ -10,7 +10,7 @@ import pytest
 from twisted.internet import reactor
 
 from signaling.protocol import SignalingFactory
-from signaling.web import build_site
+from signaling.web import listening_factory
 
 from .conftest import RunningServer, on_reactor
 
@@ -40,8 +40,8 @@ def fetch(server: RunningServer) -> Iterator[Fetch]:
 
 @pytest.fixture
 def fetch_without_demo(reactor_thread: object) -> Iterator[Fetch]:
-    site = build_site(SignalingFactory(), demo=False)
-    port = on_reactor(reactor.listenTCP, 0, site, interface="127.0.0.1")
+    serving = listening_factory(SignalingFactory(), demo=False)
+    port = on_reactor(reactor.listenTCP, 0, serving, interface="127.0.0.1")
     yield from fetcher(port.getHost().port)
     on_reactor(port.stopListening)
 

@@ -16,7 +16,7 @@ from twisted.logger import Logger, LogLevel
 from signaling import __version__
 from signaling.logs import json_observer
 from signaling.protocol import SignalingFactory
-from signaling.web import build_metrics_site, build_site
+from signaling.web import build_metrics_site, listening_factory
 
 from .conftest import on_reactor, wait_for
 
@@ -135,7 +135,7 @@ def test_metrics_follow_a_known_sequence(make_server) -> None:
 def test_metrics_on_their_own_listener(reactor_thread: Any) -> None:
     factory = SignalingFactory()
     main = on_reactor(
-        reactor.listenTCP, 0, build_site(factory, serve_metrics=False), interface="127.0.0.1"
+        reactor.listenTCP, 0, listening_factory(factory, serve_metrics=False), interface="127.0.0.1"
     )
     side = on_reactor(reactor.listenTCP, 0, build_metrics_site(factory), interface="127.0.0.1")
     try:

@@ -15,7 +15,6 @@ from signaling.reload import CertificateReloader
 from signaling.tls import ReloadableServerTLS
 
 from .certs import CertificateAuthority
-from .test_logging import events  # noqa: F401 - fixture
 
 INTERVAL = 10.0
 
@@ -56,7 +55,7 @@ def serving(tls: ReloadableServerTLS) -> str:
     return tls.current.certificate.subject.rfc4514_string()
 
 
-def reload_errors(events: list[dict[str, Any]]) -> list[dict[str, Any]]:  # noqa: F811
+def reload_errors(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         e
         for e in events
@@ -88,7 +87,7 @@ def test_broken_files_log_once_and_keep_the_old_certificate(
     tls: ReloadableServerTLS,
     clock: Clock,
     reloader: Any,
-    events: list[dict[str, Any]],  # noqa: F811
+    events: list[dict[str, Any]],
 ) -> None:
     (live / "fullchain.pem").write_bytes(ca.server("half-renewed").pem)  # key not yet replaced
     clock.pump([INTERVAL] * 3)

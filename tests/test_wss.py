@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
@@ -111,6 +113,16 @@ def test_serves_wss_with_the_chain_from_the_cert_file(
             assert a.expect("offer") == {"client_id": b.id, "sdp": "v=0"}
         with tls_upgrade(port, client_context(ca_file)) as newest:
             assert newest.version() == "TLSv1.3"
+        # Other paths than /connect are the HTTP site's, over TLS too.
+        https = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=TIMEOUT, context=client_context(ca_file)
+        )
+        try:
+            https.request("GET", "/healthz")
+            response = https.getresponse()
+            assert response.status == 200 and json.loads(response.read())["status"] == "ok"
+        finally:
+            https.close()
         server.wait_for(r"TLS certificate: CN=signaling-test \(valid until")
 
 

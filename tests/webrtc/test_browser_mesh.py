@@ -10,7 +10,7 @@ import pytest
 from twisted.internet import reactor
 
 from signaling.protocol import SignalingFactory
-from signaling.web import build_site
+from signaling.web import listening_factory
 
 from ..conftest import on_reactor, wait_for
 from .peers import RECORD_SENT, WAIT, WAIT_MS
@@ -97,8 +97,7 @@ def test_dropped_socket_reconnects_and_rejoins(server, open_page) -> None:
 
 def test_unreachable_server_is_reported_and_retried(reactor_thread, open_page) -> None:
     factory = SignalingFactory()
-    site = build_site(factory)
-    listening = on_reactor(reactor.listenTCP, 0, site, interface="127.0.0.1")
+    listening = on_reactor(reactor.listenTCP, 0, listening_factory(factory), interface="127.0.0.1")
     port = listening.getHost().port
     page = open_page(f"http://127.0.0.1:{port}/?room=restart")
     old_id = page.client_id()
@@ -112,7 +111,7 @@ def test_unreachable_server_is_reported_and_retried(reactor_thread, open_page) -
     page.page.get_by_text("Cannot reach the signaling server").wait_for(timeout=WAIT_MS)
 
     listening = on_reactor(
-        reactor.listenTCP, port, build_site(SignalingFactory()), interface="127.0.0.1"
+        reactor.listenTCP, port, listening_factory(SignalingFactory()), interface="127.0.0.1"
     )
     try:
         page.page.wait_for_function(
