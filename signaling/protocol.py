@@ -82,6 +82,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     _dropping = False
     _direct_socket: socket.socket | None = None
     _accepted_at = 0.0
+    _greeting = b""
     _handshake_deadline: IDelayedCall | None = None
 
     @property
@@ -200,7 +201,19 @@ class SignalingProtocol(WebSocketServerProtocol):
         if limits.ping_interval > 0:
             self._keepalive = factory.clock.callLater(limits.ping_interval, self._send_keepalive)
         _log.debug("connect {client_id} from {peer}", client_id=client_id, peer=self.peer)
-        self.send_frame(messages.notify_client_id(client_id))
+        # The 101 response and the client's id leave in one send.
+        greeting, self._greeting = self._greeting, b""
+        welcome = messages.notify_client_id(client_id)
+        self.messages_out += 1
+        factory.stats.bytes_out += len(welcome)
+        self._write(greeting + text_frame(welcome))
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if self.state == self.STATE_CONNECTING and data.startswith(b"HTTP/1.1 101 "):
+            # Autobahn's succeedHandshake: onOpen follows at once and sends it.
+            self._greeting = data
+            return
+        super().sendData(data, sync, chopsize)
 
     def dataReceived(self, data: bytes) -> None:
         """Read whole data frames directly; leave everything else to Autobahn.
@@ -398,7 +411,9 @@ class SignalingProtocol(WebSocketServerProtocol):
                 return
         self.messages_out += 1
         self.factory.stats.bytes_out += len(data)
-        frame = text_frame(data)
+        self._write(text_frame(data))
+
+    def _write(self, frame: bytes) -> None:
         transport: Any = self.transport
         sock = self._direct_socket
         if (
