@@ -11,7 +11,7 @@ from .measure import Meter
 from .relay import relay
 from .rooms import LEAVE_FRAME, Rooms
 from .server import Server
-from .wsclient import CLOSE_NORMAL_FRAME, Tally, connect, connect_many
+from .wsclient import CLOSE_NORMAL_FRAME, Tally, WsClient, connect_many, start_connection
 
 
 def listen_drops() -> int:
@@ -37,20 +37,31 @@ async def storm(
         started = loop.time()
         connected = 0
 
-        def connected_or_not(task: asyncio.Future[Any]) -> None:
+        def failed(error: BaseException) -> None:
+            tally.error("connect", repr(error))
+            rooms.expect(rooms.expected_joined - 1)
+
+        def greeted_or_not(ready: asyncio.Future[None]) -> None:
             nonlocal connected
+            if ready.cancelled():
+                return
+            if ready.exception() is None:
+                connected += 1
+            else:
+                failed(ready.exception())  # type: ignore[arg-type]
+
+        def connected_or_not(task: asyncio.Task[tuple[Any, WsClient]]) -> None:
             if task.cancelled():
                 return
             if task.exception() is None:
-                connected += 1
+                task.result()[1].ready.add_done_callback(greeted_or_not)
             else:
-                tally.error("connect", repr(task.exception()))
-                rooms.expect(rooms.expected_joined - 1)
+                failed(task.exception())  # type: ignore[arg-type]
 
-        connects = [
-            asyncio.ensure_future(connect(server.port, tally, timeout, rooms.join))
-            for _ in range(clients)
-        ]
+        # One task per client (not a coroutine that waits for the greeting
+        # with timeouts of its own): the generator must stay cheaper than
+        # the server it measures.
+        connects = [start_connection(server.port, tally, rooms.join) for _ in range(clients)]
         for task in connects:
             task.add_done_callback(connected_or_not)
         try:

@@ -309,6 +309,18 @@ async def connect(
     return client
 
 
+def start_connection(
+    port: int, tally: Tally, on_ready: Callable[[WsClient], None]
+) -> asyncio.Task[tuple[asyncio.BaseTransport, WsClient]]:
+    """Start opening one client and return at once: the cheapest way to open
+    thousands together. Nothing here waits or times out; ``on_ready`` runs
+    when the client's id arrives, and the caller bounds the whole."""
+    loop = asyncio.get_running_loop()
+    return loop.create_task(
+        loop.create_connection(lambda: WsClient(port, tally, on_ready), HOST, port)
+    )
+
+
 async def connect_many(
     port: int,
     tally: Tally,
