@@ -624,3 +624,25 @@ class SignalingFactory(WebSocketServerFactory):
             webStatus=False,
             trustXForwardedFor=trust_proxy,
         )
+
+    def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
+        """Autobahn's options; connections see them through a protocol class
+        made for this factory.
+
+        Autobahn copies each of its settings that a connection lacks into
+        that connection's own attributes as it connects: about thirty per
+        connection, in time and in memory. As class attributes of
+        ``self.protocol`` they are shared instead.
+        """
+        super().setProtocolOptions(**options)
+        settings = {
+            # Functions among them (perMessageCompressionAccept) must not bind.
+            name: staticmethod(value) if callable(value) else value
+            for name in SignalingProtocol.CONFIG_ATTRS
+            for value in (getattr(self, name),)
+        }
+        self.protocol = type(  # type: ignore[assignment]
+            "SignalingProtocol",
+            (SignalingProtocol,),
+            {**settings, "__module__": __name__, "__qualname__": "SignalingProtocol"},
+        )

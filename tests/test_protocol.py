@@ -280,6 +280,19 @@ def test_oversize_message_closes_1009_and_others_carry_on(make_server) -> None:
     assert b.expect("new-client") == {"client_id": c.id}
 
 
+def test_servers_in_one_process_keep_their_own_settings(make_server) -> None:
+    small, default = make_server(max_message_size=2048), make_server()
+    a, b = pair(default)
+    a.offer(b.id, "x" * 3000)
+    assert b.expect("offer")["sdp"] == "x" * 3000
+    c, d = pair(small)
+    c.offer(d.id, "x" * 3000)
+    assert c.expect_closed() == 1009
+    # Autobahn's settings are shared through each factory's protocol class
+    assert small.factory.protocol is not default.factory.protocol
+    assert "maxMessagePayloadSize" not in vars(default.factory.clients[a.id])
+
+
 def test_default_message_size_limit_is_64k(server: RunningServer) -> None:
     a, b = pair(server)
     big = "x" * (64 * 1024 - 200)
