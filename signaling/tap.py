@@ -91,8 +91,9 @@ class Options(usage.Options):
         [
             "backlog",
             None,
-            1024,
-            "Connections the kernel may queue before the server accepts them "
+            4096,
+            "Connections the kernel may queue before the server accepts them, "
+            "at most net.core.somaxconn "
             "(for --port/--interface; --listen endpoints take backlog=N).",
             _positive_int,
         ],

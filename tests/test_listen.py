@@ -31,15 +31,15 @@ def tls_files(tmp_path: Path) -> list[str]:
 
 
 def test_port_and_interface_are_the_default_endpoint() -> None:
-    assert parse()["listeners"] == [Listener("tcp:5000:interface=0.0.0.0:backlog=1024", tls=False)]
+    assert parse()["listeners"] == [Listener("tcp:5000:interface=0.0.0.0:backlog=4096", tls=False)]
     assert parse("--port", "8080", "--addr", "::")["listeners"] == [
-        Listener(r"tcp:8080:interface=\:\::backlog=1024", tls=False)
+        Listener(r"tcp:8080:interface=\:\::backlog=4096", tls=False)
     ]
 
 
 def test_tls_files_make_the_default_endpoint_wss(tls_files: list[str]) -> None:
     options = parse(*tls_files)
-    assert options["listeners"] == [Listener("tcp:5000:interface=0.0.0.0:backlog=1024", tls=True)]
+    assert options["listeners"] == [Listener("tcp:5000:interface=0.0.0.0:backlog=4096", tls=True)]
     assert options["tls"] is not None
 
 
