@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import socket
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -316,8 +317,18 @@ def start_connection(
     thousands together. Nothing here waits or times out; ``on_ready`` runs
     when the client's id arrives, and the caller bounds the whole."""
     loop = asyncio.get_running_loop()
+    # Connecting the socket here skips the loop's address lookup.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect((HOST, port))
+    except BlockingIOError:
+        pass  # in progress, as expected
+    except OSError:
+        sock.close()
+        raise
     return loop.create_task(
-        loop.create_connection(lambda: WsClient(port, tally, on_ready), HOST, port)
+        loop.create_connection(lambda: WsClient(port, tally, on_ready), sock=sock)
     )
 
 
