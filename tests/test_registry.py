@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import os
 import re
 from typing import Any
 
@@ -476,3 +478,27 @@ def test_room_count_limit() -> None:
     registry.leave("a")  # "one" is deleted, making space
     registry.join("three", FakeMember("d"))
     assert registry.room_count == 2
+
+
+def test_new_client_id_carries_128_random_bits() -> None:
+    raw = base64.urlsafe_b64decode(new_client_id() + "==")
+    assert len(raw) == 16
+
+
+def test_new_client_ids_do_not_repeat_across_refills() -> None:
+    ids = [new_client_id() for _ in range(3 * 256 + 7)]
+    assert len(set(ids)) == len(ids)
+
+
+def test_forked_child_draws_fresh_ids() -> None:
+    new_client_id()  # the parent's buffer now holds ids to come
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id, then leave at once
+        os.write(write, new_client_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    assert child != new_client_id()
