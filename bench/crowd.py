@@ -50,7 +50,7 @@ async def storm(
             else:
                 failed(ready.exception())  # type: ignore[arg-type]
 
-        def connected_or_not(task: asyncio.Task[tuple[Any, WsClient]]) -> None:
+        def connected_or_not(task: asyncio.Future[tuple[Any, WsClient]]) -> None:
             if task.cancelled():
                 return
             if task.exception() is None:
@@ -67,7 +67,7 @@ async def storm(
         try:
             await asyncio.wait_for(asyncio.shield(rooms.done), timeout)
         except TimeoutError:
-            waiting = sum(1 for task in connects if not task.done())
+            waiting = sum(1 for client in tally.clients if not client.ready.done())
             raise RuntimeError(
                 f"after {timeout:g} s, {rooms.arrived} of {clients} clients had their id and "
                 f"{rooms.joined} had joined; {waiting} were still waiting for the server; "

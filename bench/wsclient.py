@@ -312,21 +312,29 @@ async def connect(
 
 def start_connection(
     port: int, tally: Tally, on_ready: Callable[[WsClient], None]
-) -> asyncio.Task[tuple[asyncio.BaseTransport, WsClient]]:
+) -> asyncio.Future[tuple[asyncio.BaseTransport, WsClient]]:
     """Start opening one client and return at once: the cheapest way to open
     thousands together. Nothing here waits or times out; ``on_ready`` runs
-    when the client's id arrives, and the caller bounds the whole."""
+    when the client's id arrives, and the caller bounds the whole. A socket
+    that cannot even be made (too many open files) is a failed future."""
     loop = asyncio.get_running_loop()
     # Connecting the socket here skips the loop's address lookup.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        failed: asyncio.Future[tuple[asyncio.BaseTransport, WsClient]] = loop.create_future()
+        failed.set_exception(e)
+        return failed
     sock.setblocking(False)
     try:
         sock.connect((HOST, port))
     except BlockingIOError:
         pass  # in progress, as expected
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        failed = loop.create_future()
+        failed.set_exception(e)
+        return failed
     return loop.create_task(
         loop.create_connection(lambda: WsClient(port, tally, on_ready), sock=sock)
     )

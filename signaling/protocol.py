@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import socket
 from collections import Counter
 from time import perf_counter
 from typing import Any, Protocol, cast
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
+from autobahn.websocket.protocol import _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp, unix
 from twisted.internet.interfaces import (
@@ -17,10 +22,13 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITransport,
 )
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import messages
 from .framing import GENERAL, NEED_MORE, next_frame, text_frame
+from .handshake import CONNECT_PATH, PlainUpgrade, plain_upgrade
 from .limits import Limits, RateLimiter
 from .logs import ServerLogger
 from .messages import Join, NotUtf8, ProtocolError, Relay
@@ -40,11 +48,19 @@ _PLAIN_STREAMS = (tcp.Server, unix.Server)
 #: Close code for a text frame that is not UTF-8.
 CLOSE_INVALID_PAYLOAD = 1007
 #: The WebSocket endpoint's path, as it appears in a request line.
-WEBSOCKET_TARGET = b"/connect"
+WEBSOCKET_TARGET = CONNECT_PATH.encode()
+#: RFC 6455's GUID for Sec-WebSocket-Accept.
+_WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class HTTPFallback(Protocol):
     """Serves the connections whose first request is not for ``/connect``."""
+
+    def doStart(self) -> None:
+        """Called as the factory's first listener starts (opens the access log)."""
+
+    def doStop(self) -> None:
+        """Called as the factory's last listener stops."""
 
     def take_over(self, transport: ITransport, data: bytes, elapsed: float) -> None:
         """Serve ``transport`` from now on; ``data`` is what it sent so far,
@@ -52,7 +68,13 @@ class HTTPFallback(Protocol):
 
 
 def _is_websocket_target(target: bytes) -> bool:
-    return target == WEBSOCKET_TARGET or target.startswith(WEBSOCKET_TARGET + b"?")
+    """Whether twisted.web would find the WebSocket resource at ``target``:
+    the same rule (segments decoded one by one), so that no request reaches
+    that resource without having come this way."""
+    if target == WEBSOCKET_TARGET or target.startswith(WEBSOCKET_TARGET + b"?"):
+        return True
+    path = target.split(b"?", 1)[0]
+    return b"%" in path and [unquote_to_bytes(s) for s in path.split(b"/")] == [b"", b"connect"]
 
 
 @implementer(IPushProducer)
@@ -104,9 +126,25 @@ class SignalingProtocol(WebSocketServerProtocol):
     def _handshake_too_slow(self) -> None:
         """The fixed deadline: bytes trickling in do not extend it."""
         self._handshake_deadline = None
-        if self.state == self.STATE_CONNECTING:
+        # OPEN too: onOpen cancels the deadline last, so it failed on the way.
+        if self.state in (self.STATE_CONNECTING, self.STATE_OPEN):
+            # Not dropConnection: it logs a warning, and idle or half-open
+            # connections (scanners, browsers' spare preconnections) are
+            # routine, not a problem to report.
+            _log.debug("handshake timeout {peer}", peer=self.peer)
             self.wasOpenHandshakeTimeout = True
-            self.dropConnection(abort=True)
+            self.wasNotCleanReason = "opening handshake timeout"
+            self.droppedByMe = True
+            self.state = self.STATE_CLOSED
+            cast(Any, self.transport).abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.client_id:
+            # Never opened: Autobahn would log a failed TLS handshake (a
+            # scanner, plain HTTP on the wss port) as an error.
+            self._connectionLost(cast(Any, reason))
+        else:
+            super().connectionLost(reason)
 
     def _cancel_handshake_deadline(self) -> None:
         if self._handshake_deadline is not None:
@@ -123,21 +161,128 @@ class SignalingProtocol(WebSocketServerProtocol):
         request objects are built for it.
         """
         data = self.data
+        limit = self.factory.limits.max_handshake_size
+        line_end = data.find(b"\n")  # twisted.web also takes a bare LF
+        if line_end < 0 or line_end >= limit:
+            if line_end >= 0 or len(data) > limit:
+                self._refuse_handshake(414, "request line too long")
+            return
         site = self.factory.http_site
         if site is not None:
-            line_end = data.find(b"\r\n")
-            if line_end < 0:
-                if len(data) > self.factory.limits.max_handshake_size:
-                    self.failHandshake("request line too long", 414)
-                return
-            parts = data[:line_end].split(b" ", 2)
+            parts = data[:line_end].rstrip(b"\r").split(b" ", 2)
             if len(parts) < 2 or not _is_websocket_target(parts[1]):
                 self._hand_to(site)
                 return
-        if len(data) > self.factory.limits.max_handshake_size and b"\r\n\r\n" not in data:
-            self.failHandshake("request header fields too large", 431)
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > limit:
+            if end >= 0 or len(data) > limit:
+                self._refuse_handshake(431, "request header fields too large")
+            elif b"\n\n" in data:
+                self._refuse_handshake(400, "request lines must end in CRLF")
             return
+        if self.factory.plain_handshakes:
+            upgrade = plain_upgrade(data[:end])
+            if upgrade is not None and self._open_plain(upgrade, end):
+                return
         super().processHandshake()
+
+    def _refuse_handshake(self, status: int, reason: str) -> None:
+        self.factory.stats.refused_handshakes[status] += 1
+        self.failHandshake(reason, status)
+
+    def _open_plain(self, upgrade: PlainUpgrade, end: int) -> bool:
+        """Do what Autobahn's processHandshake and succeedHandshake do for a
+        plain upgrade, without their Deferred and debug logging. False (with
+        nothing changed) if a setting or the request needs Autobahn's path."""
+        factory = self.factory
+        options: Any = self  # Autobahn's settings (class attributes, untyped)
+        if (
+            factory.externalPort
+            or factory.headers
+            or options.maxConnections
+            or options.autoPingInterval
+            or options.trackTimings
+        ):
+            return False
+        origin = upgrade.origin
+        if origin:
+            try:
+                origin_tuple = _url_to_origin(origin)
+                allowed = (origin_tuple == "null" and options.allowNullOrigin) or _is_same_origin(
+                    origin_tuple,
+                    "https" if factory.isSecure else "http",
+                    factory.port,
+                    options.allowedOriginsPatterns,
+                )
+            except Exception:
+                return False
+            if not allowed:
+                return False
+        extensions: list[tuple[str, dict[str, list[Any]]]] = []
+        if upgrade.extensions is not None:
+            try:
+                extensions = self._parseExtensionsHeader(upgrade.extensions)
+                offers = [
+                    cast(Any, PERMESSAGE_COMPRESSION_EXTENSION[name]["Offer"]).parse(params)
+                    for name, params in extensions
+                    if name in PERMESSAGE_COMPRESSION_EXTENSION
+                ]
+            except Exception:
+                return False
+            if offers and options.perMessageCompressionAccept(offers) is not None:
+                return False
+        headers = upgrade.headers
+        forwarded = headers.get("x-forwarded-for")
+        if forwarded is not None and options.trustXForwardedFor:
+            addresses = [address.strip() for address in forwarded.split(",")]
+            self.peer = addresses[-options.trustXForwardedFor :][0]
+        self.http_request_data = self.data[: end + 4]
+        self.data = self.data[end + 4 :]
+        self.http_status_line = upgrade.status_line
+        self.http_headers = headers
+        self.http_request_uri = upgrade.uri
+        self.http_request_path = CONNECT_PATH
+        self.http_request_params = parse_qs(upgrade.query) if upgrade.query else {}
+        self.http_request_host = upgrade.host
+        self.websocket_version = 13
+        self.websocket_protocols = []
+        self.websocket_origin = origin
+        self.websocket_extensions = extensions
+        self._wskey = upgrade.key
+        request = ConnectionRequest(
+            self.peer,
+            headers,
+            upgrade.host,
+            CONNECT_PATH,
+            self.http_request_params,
+            13,
+            origin,
+            [],
+            extensions,
+        )
+        try:
+            self.onConnect(request)
+        except ConnectionDeny as deny:
+            self.failHandshake(deny.reason or "", deny.code)
+            return True
+        accept = base64.b64encode(hashlib.sha1(upgrade.key.encode() + _WS_MAGIC).digest())
+        server = f"Server: {factory.server}\r\n" if factory.server else ""
+        response = (
+            f"HTTP/1.1 101 Switching Protocols\r\n{server}Upgrade: WebSocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept.decode()}\r\n\r\n"
+        )
+        self.websocket_protocol_in_use = None
+        self.websocket_extensions_in_use = []
+        self.http_response_data = response
+        self._greeting = response.encode()  # onOpen sends it with the client's id
+        self.state = self.STATE_OPEN
+        self.inside_message = False
+        options.current_frame = None
+        self._onOpen()
+        cast(Any, self.is_open).callback(None)  # Autobahn: txaio.resolve
+        if self.data:
+            self.consumeData()
+        return True
 
     def _hand_to(self, site: HTTPFallback) -> None:
         self._cancel_handshake_deadline()
@@ -175,7 +320,6 @@ class SignalingProtocol(WebSocketServerProtocol):
         raise ConnectionDeny(status, reason)
 
     def onOpen(self) -> None:
-        self._cancel_handshake_deadline()
         factory = self.factory
         self.client_id = client_id = new_client_id()
         self.connected_at = self._last_seen = now = factory.clock.seconds()
@@ -185,8 +329,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         limits = factory.limits
         if limits.rate_limit > 0:
             self._limiter = RateLimiter(limits.rate_limit, limits.rate_burst, now)
-        # twisted.web's channel registered itself when the HTTP request came
-        # in; take its place so pauseProducing tells us the client lags.
+        # Be the transport's producer, so pauseProducing tells us the client
+        # lags (in place of twisted.web's channel, after a keep-alive upgrade).
         transport = cast(IConsumer, self.transport)
         transport.unregisterProducer()
         transport.registerProducer(self, True)
@@ -207,6 +351,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         self.messages_out += 1
         factory.stats.bytes_out += len(welcome)
         self._write(greeting + text_frame(welcome))
+        # Last: should anything above fail, the deadline still closes it.
+        self._cancel_handshake_deadline()
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if self.state == self.STATE_CONNECTING and data.startswith(b"HTTP/1.1 101 "):
@@ -602,6 +748,10 @@ class SignalingFactory(WebSocketServerFactory):
         self.write_through = True
         self.trust_proxy = trust_proxy
         self.clients: dict[str, SignalingProtocol] = {}
+        #: Read plain handshakes in one pass (signaling.handshake); False
+        #: leaves every handshake to Autobahn.
+        self.plain_handshakes = True
+        self.noisy = False
         #: Where requests for other paths than /connect go (``web.listening_factory``).
         self.http_site: HTTPFallback | None = None
         self.address_counts: Counter[str] = Counter()
@@ -625,6 +775,16 @@ class SignalingFactory(WebSocketServerFactory):
             trustXForwardedFor=trust_proxy,
         )
 
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self.http_site is not None:
+            self.http_site.doStart()
+
+    def stopFactory(self) -> None:
+        if self.http_site is not None:
+            self.http_site.doStop()
+        super().stopFactory()
+
     def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
         """Autobahn's options; connections see them through a protocol class
         made for this factory.
@@ -635,14 +795,22 @@ class SignalingFactory(WebSocketServerFactory):
         ``self.protocol`` they are shared instead.
         """
         super().setProtocolOptions(**options)
+        self._share_options()
+
+    def resetProtocolOptions(self) -> None:
+        super().resetProtocolOptions()
+        self._share_options()
+
+    def _share_options(self) -> None:
+        base = type(self).protocol
         settings = {
             # Functions among them (perMessageCompressionAccept) must not bind.
             name: staticmethod(value) if callable(value) else value
-            for name in SignalingProtocol.CONFIG_ATTRS
+            for name in base.CONFIG_ATTRS
             for value in (getattr(self, name),)
         }
         self.protocol = type(  # type: ignore[assignment]
-            "SignalingProtocol",
-            (SignalingProtocol,),
-            {**settings, "__module__": __name__, "__qualname__": "SignalingProtocol"},
+            base.__name__,
+            (base,),
+            {**settings, "__module__": base.__module__, "__qualname__": base.__qualname__},
         )

@@ -39,7 +39,13 @@ class _ConnectResource(WebSocketResource):
     def render(self, request: Request) -> Any:
         if request.postpath:
             return notFound().render(request)
-        result = super().render(request)
+        # The request is handed to a new protocol whole; it must not route
+        # it back here (processHandshake routes only while http_site is set).
+        site, self._factory.http_site = self._factory.http_site, None
+        try:
+            result = super().render(request)
+        finally:
+            self._factory.http_site = site
         # The connection now belongs to the WebSocket protocol. The HTTP
         # channel and request still refer to each other; untie them so they
         # are freed at once instead of waiting for the cyclic GC.

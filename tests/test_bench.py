@@ -230,8 +230,9 @@ def test_idle(tmp_path: Path) -> None:
 def test_mesh(tmp_path: Path) -> None:
     figures = only_clean(*run_bench(tmp_path, "mesh", "--members", "5"))
     assert figures["answers"] == 10
-    assert 0.02 <= figures["seconds"] < 10
-    assert figures["joins_seconds"] <= figures["seconds"]
+    assert figures["joins_seconds"] <= figures["seconds"] < 10
+    # four intervals of 5 ms, give or take the loop's timer granularity
+    assert figures["joins_seconds"] > 0.019
 
 
 def test_churn(tmp_path: Path) -> None:

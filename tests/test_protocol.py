@@ -15,6 +15,9 @@ import urllib.request
 
 import pytest
 
+from signaling.limits import Limits
+from signaling.protocol import SignalingFactory, SignalingProtocol
+
 from .conftest import Client, RunningServer, on_reactor, wait_for
 
 SDP = (
@@ -387,3 +390,18 @@ def test_concurrent_joins_give_one_new_client_per_pair(server: RunningServer) ->
     assert server.rooms() == {"crowd": set(ids)}
     for c in clients[1:]:
         marker(clients[0], c)  # nothing stray arrived anywhere
+
+
+def test_factory_subclass_keeps_its_own_protocol_class() -> None:
+    class Custom(SignalingProtocol):
+        pass
+
+    class CustomFactory(SignalingFactory):
+        protocol = Custom
+
+    factory = CustomFactory(limits=Limits(max_message_size=1234))
+    assert issubclass(factory.protocol, Custom)
+    assert factory.protocol.maxMessagePayloadSize == 1234
+    factory.resetProtocolOptions()
+    assert issubclass(factory.protocol, Custom)
+    assert factory.protocol.maxMessagePayloadSize == factory.maxMessagePayloadSize

@@ -18,6 +18,7 @@ from signaling.registry import (
     RoomFull,
     RoomRegistry,
     TooManyRooms,
+    _ClientIds,
     new_client_id,
 )
 
@@ -491,14 +492,15 @@ def test_new_client_ids_do_not_repeat_across_refills() -> None:
 
 
 def test_forked_child_draws_fresh_ids() -> None:
-    new_client_id()  # the parent's buffer now holds ids to come
+    ids = _ClientIds()
+    ids()  # the parent's buffer now holds ids to come
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its next id, then leave at once
-        os.write(write, new_client_id().encode())
+        os.write(write, ids().encode())
         os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     child = os.read(read, 100).decode()
     os.close(read)
-    assert child != new_client_id()
+    assert child != ids()

@@ -8,10 +8,14 @@ import json
 import os
 import select
 import socket
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 from websockets.sync.client import connect
+
+from signaling import messages
 
 from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
 
@@ -131,3 +135,74 @@ def test_http_connection_keeps_only_what_is_left_of_the_deadline(make_server) ->
         assert not select.select([sock], [], [], 0.1)[0]  # still open at 9.5 s
         on_reactor(clock.advance, 1)  # 10.5 s since it connected
         assert closed(sock)
+
+
+def test_percent_encoded_connect_is_the_websocket(server: RunningServer) -> None:
+    """twisted.web decodes path segments; the router does the same."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request("/%63onnect"))
+        status, _ = read_response(sock)
+        assert status.startswith(b"HTTP/1.1 101"), status
+
+
+def test_percent_encoded_upgrade_after_health_check(
+    server: RunningServer, events: list[dict[str, Any]]
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_response(sock)[0].startswith(b"HTTP/1.1 200")
+        sock.sendall(upgrade_request("/%63onnect"))
+        assert read_response(sock)[0].startswith(b"HTTP/1.1 101")
+        assert wait_for(lambda: len(server.factory.clients) == 1)
+    assert not [e for e in list(events) if e.get("log_level", LogLevel.info) >= LogLevel.error]
+
+
+def test_bare_lf_handshake_is_refused_at_once(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request().replace(b"\r\n", b"\n"))
+        assert read_response(sock)[0].startswith(b"HTTP/1.1 400")
+
+
+def test_oversized_headers_in_one_read_get_431(make_server) -> None:
+    server = make_server(max_handshake_size=2048)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request(**{"X-Padding": "a" * 4096}))  # complete, but too long
+        status, _ = read_response(sock)
+        assert status.startswith(b"HTTP/1.1 431"), status
+    assert server.factory.stats.refused_handshakes[431] == 1
+
+
+def test_handshake_timeout_is_not_a_warning(make_server, events: list[dict[str, Any]]) -> None:
+    clock = Clock()
+    server = make_server(clock=clock, handshake_timeout=10, join_timeout=0)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /connect HTTP/1.1\r\n")
+        assert wait_for(lambda: server.factory.countConnections == 1)
+        on_reactor(clock.advance, 10.5)
+        assert closed(sock)
+    assert wait_for(lambda: server.factory.countConnections == 0)
+    loud = [e for e in list(events) if e.get("log_level", LogLevel.info) >= LogLevel.warn]
+    assert not loud, loud
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_failure_while_opening_does_not_leave_the_connection_open(
+    make_server, monkeypatch: pytest.MonkeyPatch, plain: bool
+) -> None:
+    """Whether the error reaches the transport (one-pass handshakes) or is
+    swallowed by Autobahn's Deferred, the connection ends by the deadline."""
+    clock = Clock()
+    server = make_server(clock=clock, handshake_timeout=10, join_timeout=0)
+    server.factory.plain_handshakes = plain
+
+    def broken(client_id: str) -> bytes:
+        raise RuntimeError("cannot greet")
+
+    monkeypatch.setattr(messages, "notify_client_id", broken)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request())
+        assert wait_for(lambda: server.factory.stats.connections_total == 1)  # opened
+        on_reactor(clock.advance, 10.5)
+        assert closed(sock)
+    assert wait_for(lambda: not server.factory.clients)
+    assert not server.factory.address_counts

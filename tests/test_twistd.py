@@ -53,6 +53,7 @@ def test_serves_with_addr_alias_and_port(run_twistd) -> None:
     output = server.stop()
     assert "Server Shut Down" in output
     assert " join " not in output  # per-connection events are debug-level
+    assert '"GET /static/signaling-client.js HTTP/1.1" 200' in output  # the access log
     assert "native speedups active: autobahn_nvx, websockets_masking" in output
 
 

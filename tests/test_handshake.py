@@ -1,0 +1,256 @@
+"""The one-pass reading of plain handshakes (signaling.handshake) answers
+every request exactly as Autobahn's own handshake does."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from signaling.handshake import plain_upgrade
+
+from .conftest import TIMEOUT, RunningServer, wait_for
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+ALLOWED = "https://app.example.com"
+BROWSER = (
+    "GET /connect?room=a HTTP/1.1\r\n"
+    "Host: signaling.example.com\r\n"
+    "Connection: Upgrade\r\n"
+    "Pragma: no-cache\r\n"
+    "Upgrade: websocket\r\n"
+    f"Origin: {ALLOWED}\r\n"
+    "Sec-WebSocket-Version: 13\r\n"
+    "User-Agent: Mozilla/5.0\r\n"
+    f"Sec-WebSocket-Key: {KEY}\r\n"
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+)
+
+
+def head(text: str) -> bytes:
+    return text.rstrip("\r\n").encode("latin-1")
+
+
+def test_a_browsers_request_is_plain() -> None:
+    upgrade = plain_upgrade(head(BROWSER))
+    assert upgrade is not None
+    assert (upgrade.host, upgrade.key, upgrade.origin, upgrade.query) == (
+        "signaling.example.com",
+        KEY,
+        ALLOWED,
+        "room=a",
+    )
+    assert upgrade.extensions == "permessage-deflate; client_max_window_bits"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("GET /connect?room=a HTTP/1.1", "POST /connect HTTP/1.1"),
+        ("GET /connect?room=a HTTP/1.1", "GET /connect HTTP/1.0"),
+        ("GET /connect?room=a HTTP/1.1", "GET /connect#top HTTP/1.1"),
+        ("GET /connect?room=a HTTP/1.1", "GET /connect/x HTTP/1.1"),
+        ("Host: signaling.example.com\r\n", ""),
+        ("Host: signaling.example.com", "Host: a\r\nHost: b"),
+        ("Host: signaling.example.com", "Host: signaling.example.com:http"),
+        ("Upgrade: websocket", "Upgrade: h2c"),
+        ("Connection: Upgrade", "Connection: keep-alive"),
+        ("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"),
+        (f"Sec-WebSocket-Key: {KEY}", "Sec-WebSocket-Key: short=="),
+        (f"Sec-WebSocket-Key: {KEY}", f"Sec-WebSocket-Key: {KEY[:-2]}AA"),
+        (f"Sec-WebSocket-Key: {KEY}", f"Sec-WebSocket-Key: !{KEY[1:]}"),
+        ("Pragma: no-cache", "Sec-WebSocket-Protocol: chat"),
+        ("Pragma: no-cache", "a line without a colon"),
+    ],
+)
+def test_anything_else_is_left_to_autobahn(old: str, new: str) -> None:
+    assert old in BROWSER
+    assert plain_upgrade(head(BROWSER.replace(old, new))) is None
+
+
+# -- the same answers as Autobahn, on real servers -----------------------------
+
+
+def exchange(port: int, request: bytes, while_open: Callable[[], Any]) -> tuple[bytes, Any]:
+    """Send ``request``; return the response (a 101 with the first frame
+    after it, another status with its body, or what came before the
+    connection ended) and what ``while_open`` returned, called once the
+    response is in, before this side closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(request)
+        data = b""
+        while not _complete(data):
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                data += b"<reset>"
+                break
+            if not chunk:
+                data += b"<closed>"
+                break
+            data += chunk
+        return data, while_open()
+
+
+def _complete(data: bytes) -> bool:
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    body = data[end + 4 :]
+    if data.startswith(b"HTTP/1.1 101 "):
+        return len(body) >= 2 and len(body) >= 2 + body[1]
+    if re.search(rb"(?im)^transfer-encoding: *chunked", data[:end]):
+        return body.endswith(b"0\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", data[:end])
+    return length is not None and len(body) >= int(length.group(1))
+
+
+_ID = re.compile(rb'"client_id":"[A-Za-z0-9_-]{22}"')
+_STATE = (
+    "peer",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "websocket_version",
+    "websocket_protocols",
+    "websocket_origin",
+    "websocket_extensions",
+    "websocket_protocol_in_use",
+    "websocket_extensions_in_use",
+)
+
+
+def answer(server: RunningServer, request: bytes) -> tuple[bytes, dict[str, Any] | None]:
+    """The server's answer (client id masked) and, if it opened, the
+    opened connection's view of the request."""
+    before = set(server.factory.clients)
+
+    def opened() -> dict[str, Any] | None:
+        new = [p for cid, p in list(server.factory.clients.items()) if cid not in before]
+        if not new:
+            return None
+        state = {name: getattr(new[0], name) for name in _STATE}
+        state["peer"] = state["peer"].rsplit(":", 1)[0]  # the client's port differs
+        return state
+
+    response, state = exchange(server.port, request, opened)
+    assert wait_for(lambda: not server.factory.clients)  # closed: next request alone
+    return _ID.sub(b'"client_id":"ID"', response), state
+
+
+@pytest.fixture
+def servers(make_server: Callable[..., RunningServer]) -> tuple[RunningServer, RunningServer]:
+    """The same settings twice: one-pass handshakes on, and off."""
+    plain, autobahn = (make_server(trust_proxy=1, allowed_origins=(ALLOWED,)) for _ in range(2))
+    autobahn.factory.plain_handshakes = False
+    return plain, autobahn
+
+
+_DATE = re.compile(rb"(?im)^date: [^\r]*")
+
+
+def assert_same_answer(servers: tuple[RunningServer, RunningServer], request: bytes) -> None:
+    plain, autobahn = servers
+    (response, state), expected = answer(plain, request), answer(autobahn, request)
+    event(response.split(b"\r\n", 1)[0].decode("latin-1"))  # what was covered
+    assert (_DATE.sub(b"Date: -", response), state) == (
+        _DATE.sub(b"Date: -", expected[0]),
+        expected[1],
+    )
+
+
+def test_browser_handshake_is_answered_as_autobahn_would(servers) -> None:
+    request = (BROWSER + "X-Forwarded-For: 198.51.100.1, 203.0.113.7\r\n\r\n").encode()
+    response, state = answer(servers[0], request)
+    assert response.startswith(b"HTTP/1.1 101 ")
+    assert state is not None and state["peer"] == "203.0.113.7"
+    assert (response, state) == answer(servers[1], request)
+
+
+def test_refusal_by_policy_is_answered_as_autobahn_would(servers) -> None:
+    request = (BROWSER.replace(ALLOWED, "https://evil.example") + "\r\n").encode()
+    response, state = answer(servers[0], request)
+    assert response.startswith(b"HTTP/1.1 403 ") and state is None
+    assert (response, state) == answer(servers[1], request)
+
+
+def test_frame_sent_with_the_handshake_is_read(servers) -> None:
+    for server in servers:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            join = b'{"type":"join","payload":{"room_id":"r"}}'
+            frame = bytes((0x81, 0x80 | len(join))) + b"\0\0\0\0" + join
+            sock.sendall((BROWSER + "\r\n").encode() + frame)
+            assert wait_for(
+                lambda server=server: any(p.room for p in server.factory.clients.values())
+            )
+
+
+def mostly(valid: str, *others: str) -> st.SearchStrategy[str]:
+    """``valid`` three times in four, else one of ``others``."""
+    return st.one_of(st.just(valid), st.just(valid), st.just(valid), st.sampled_from(others))
+
+
+def header(name: str, valid: str, *others: str) -> st.SearchStrategy[list[str]]:
+    """The header once (mostly with ``valid``), or absent, or twice; its
+    name spelled as usual, in lower case or in upper case."""
+    spelled = st.sampled_from([name, name, name.lower(), name.upper()])
+    line = st.builds(lambda n, v: f"{n}: {v}", spelled, mostly(valid, *others))
+    count = st.sampled_from([1, 1, 1, 1, 1, 0, 2])
+    return count.flatmap(lambda n: st.lists(line, min_size=n, max_size=n))
+
+
+def optional(name: str, *values: str) -> st.SearchStrategy[list[str]]:
+    """A header that is usually absent."""
+    line = st.builds(lambda v: f"{name}: {v}", st.sampled_from(values))
+    return st.one_of(st.just([]), st.just([]), line.map(lambda x: [x]))
+
+
+header_lines = st.tuples(
+    header("Host", "example.com:5000", "example.com", "example.com:x", "[::1]", "[::1]:80", ""),
+    header("Upgrade", "websocket", "WebSocket", "h2c, websocket", "h2c", ""),
+    header("Connection", "Upgrade", "keep-alive, Upgrade", "upgrade", "close"),
+    header("Sec-WebSocket-Version", "13", "8", "12", "013", "x"),
+    header("Sec-WebSocket-Key", KEY, "short==", KEY[:-2] + "AA", "!" + KEY[1:], ""),
+    optional("Origin", ALLOWED, "https://evil.example", "null", "file:///x", "http://", "x"),
+    optional("Sec-WebSocket-Protocol", "chat", "a, a", ""),
+    optional(
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate; server_max_window_bits=7",
+        "permessage-deflate; bogus",
+        "x-webkit-deflate-frame",
+        "",
+    ),
+    optional("X-Forwarded-For", "203.0.113.7", "198.51.100.1, 203.0.113.7", ""),
+    st.sampled_from([[], [], ["User-Agent: Mozilla/5.0"], ["no colon here"], [":empty name"]]),
+).map(lambda groups: [line for group in groups for line in group])
+
+
+def request(method: str, target: str, version: str, lines: list[str]) -> bytes:
+    text = f"{method} {target} {version}\r\n" + "".join(f"{line}\r\n" for line in lines)
+    return (text + "\r\n").encode("latin-1")
+
+
+requests = st.builds(
+    request,
+    mostly("GET", "POST", "get"),
+    mostly("/connect", "/connect?room=a&x=1", "/connect?x#f", "/connect#f", "/connect;p"),
+    mostly("HTTP/1.1", "HTTP/1.0", "HTTP/2"),
+    header_lines.flatmap(st.permutations),
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(request=requests)
+def test_any_request_is_answered_as_autobahn_would(servers, request: bytes) -> None:
+    assert_same_answer(servers, request)
