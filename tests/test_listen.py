@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from websockets.sync.client import connect, unix_connect
 from signaling.listen import Listener
 from signaling.tap import Options
 
-from .certs import CertificateAuthority
+from .certs import CertificateAuthority, client_context
 from .conftest import TIMEOUT, Client, wait_for
 from .test_wss import served_name, wss_client
 from .twistd_process import run_once, twistd, usage_error
@@ -136,6 +137,23 @@ def test_one_process_serves_ws_and_wss(tmp_path: Path, tls_files: list[str]) -> 
             assert plain.expect("new-client") == {"client_id": via_ssl.id}
             assert plain.expect("new-client") == {"client_id": via_tls.id}
             assert plain.expect("offer") == {"client_id": via_tls.id, "sdp": "v=0 over wss"}
+        # Plain HTTP requests are handed to the site on every kind of endpoint.
+        context = client_context(ca_file)
+        assert health_status(socket.create_connection(("127.0.0.1", ws_port))) == 200
+        for port in (ssl_port, tls_port):
+            raw = socket.create_connection(("127.0.0.1", port))
+            assert health_status(context.wrap_socket(raw, server_hostname="127.0.0.1")) == 200
+
+
+def health_status(sock: socket.socket) -> int:
+    """The status of ``GET /healthz`` over ``sock`` (closed after)."""
+    with sock:
+        sock.settimeout(TIMEOUT)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    return int(response.split(b" ", 2)[1])
 
 
 def test_unix_socket_endpoint(tmp_path: Path) -> None:
@@ -157,6 +175,9 @@ def test_unix_socket_endpoint(tmp_path: Path) -> None:
             assert b.join("over-unix") == [a.id]
             assert a.expect("new-client") == {"client_id": b.id}
         server.wait_for(r"connect \S+ from unix")
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.connect(str(path))
+        assert health_status(unix) == 200
     assert not path.exists()  # removed on a clean stop
 
 
