@@ -43,6 +43,8 @@ def plain_upgrade(head: bytes) -> PlainUpgrade | None:
     """The request whose line and headers are ``head`` (up to, not
     including, the blank line), if it is a plain upgrade; otherwise None."""
     lines = head.decode("iso-8859-1").splitlines()
+    if not lines:
+        return None
     status_line = lines[0].strip()
     parts = status_line.split()
     if len(parts) != 3 or parts[0] != "GET" or parts[2] != "HTTP/1.1":
@@ -65,7 +67,8 @@ def plain_upgrade(head: bytes) -> PlainUpgrade | None:
         return None
     if ":" in host and not host.endswith("]"):
         host, _, port = host.rpartition(":")
-        if not port.strip().isdigit():
+        port = port.strip()
+        if not (0 < len(port) <= 5 and port.isascii() and port.isdigit()):
             return None
     if not (
         _has_token(headers.get("upgrade"), "websocket")
@@ -74,6 +77,8 @@ def plain_upgrade(head: bytes) -> PlainUpgrade | None:
         and "sec-websocket-protocol" not in headers
     ):
         return None
+    if headers.get("origin") == "":
+        return None  # Autobahn refuses an empty Origin
     key = headers.get("sec-websocket-key", "")
     if len(key) != 24 or key[-2:] != "==" or not _KEY_ALPHABET.issuperset(key[:-2]):
         return None

@@ -202,6 +202,9 @@ class SignalingProtocol(WebSocketServerProtocol):
             or options.maxConnections
             or options.autoPingInterval
             or options.trackTimings
+            or 13 not in options.versions
+            # onConnect's answer (subprotocol, headers) is Autobahn's to use
+            or type(self).onConnect is not SignalingProtocol.onConnect
         ):
             return False
         origin = upgrade.origin
@@ -264,6 +267,10 @@ class SignalingProtocol(WebSocketServerProtocol):
             self.onConnect(request)
         except ConnectionDeny as deny:
             self.failHandshake(deny.reason or "", deny.code)
+            return True
+        except Exception as e:  # as Autobahn answers a failing onConnect
+            _log.failure("onConnect failed for {peer}", peer=self.peer)
+            self.failHandshake(f"Internal server error: {e}", ConnectionDeny.INTERNAL_SERVER_ERROR)
             return True
         accept = base64.b64encode(hashlib.sha1(upgrade.key.encode() + _WS_MAGIC).digest())
         server = f"Server: {factory.server}\r\n" if factory.server else ""

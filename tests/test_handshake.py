@@ -157,14 +157,15 @@ def servers(make_server: Callable[..., RunningServer]) -> tuple[RunningServer, R
 _DATE = re.compile(rb"(?im)^date: [^\r]*")
 
 
-def assert_same_answer(servers: tuple[RunningServer, RunningServer], request: bytes) -> None:
+def assert_same_answer(servers: tuple[RunningServer, RunningServer], request: bytes) -> bytes:
+    """Both servers answer ``request`` alike; return the status line."""
     plain, autobahn = servers
     (response, state), expected = answer(plain, request), answer(autobahn, request)
-    event(response.split(b"\r\n", 1)[0].decode("latin-1"))  # what was covered
     assert (_DATE.sub(b"Date: -", response), state) == (
         _DATE.sub(b"Date: -", expected[0]),
         expected[1],
     )
+    return response.split(b"\r\n", 1)[0]
 
 
 def test_browser_handshake_is_answered_as_autobahn_would(servers) -> None:
@@ -172,6 +173,51 @@ def test_browser_handshake_is_answered_as_autobahn_would(servers) -> None:
     response, state = answer(servers[0], request)
     assert response.startswith(b"HTTP/1.1 101 ")
     assert state is not None and state["peer"] == "203.0.113.7"
+    assert (response, state) == answer(servers[1], request)
+
+
+def test_plain_requests_take_the_one_pass_path(servers) -> None:
+    """The comparisons above compare two paths, not Autobahn with itself."""
+    taken: list[bool] = []
+    for server in servers:
+        protocol = server.factory.protocol
+        original = protocol._open_plain
+
+        def spy(self: Any, *args: Any, original: Any = original) -> bool:
+            taken.append(result := original(self, *args))
+            return result
+
+        protocol._open_plain = spy  # type: ignore[method-assign]
+    assert_same_answer(servers, (BROWSER + "\r\n").encode())
+    assert taken == [True]  # the plain server, once; never the other
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        BROWSER.replace(ALLOWED, "") + "\r\n",
+        BROWSER.replace(f"Origin: {ALLOWED}", "Origin:   ") + "\r\n",
+        BROWSER.replace("signaling.example.com\r\n", "signaling.example.com:\xb2\r\n") + "\r\n",
+        BROWSER.replace("signaling.example.com\r\n", "example.com:" + "1" * 5000 + "\r\n") + "\r\n",
+        "\r\n\r\n",
+    ],
+    ids=["empty-origin", "blank-origin", "unicode-port", "long-port", "empty"],
+)
+def test_edge_cases_are_answered_as_autobahn_would(servers, request_text: str) -> None:
+    assert_same_answer(servers, request_text.encode("latin-1"))
+
+
+def test_failing_admission_check_is_answered_as_autobahn_would(
+    servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(origin: str | None) -> bool:
+        raise RuntimeError("policy store unavailable")
+
+    for server in servers:
+        monkeypatch.setattr(server.factory.origins, "allows", broken)
+    request = (BROWSER + "\r\n").encode()
+    response, state = answer(servers[0], request)
+    assert response.startswith(b"HTTP/1.1 500 ") and state is None
     assert (response, state) == answer(servers[1], request)
 
 
@@ -214,12 +260,24 @@ def optional(name: str, *values: str) -> st.SearchStrategy[list[str]]:
 
 
 header_lines = st.tuples(
-    header("Host", "example.com:5000", "example.com", "example.com:x", "[::1]", "[::1]:80", ""),
+    header(
+        "Host",
+        "example.com:5000",
+        "example.com",
+        "example.com:x",
+        "example.com:\xb2",
+        "example.com:" + "1" * 5000,
+        "[::1]",
+        "[::1]:80",
+        "",
+    ),
     header("Upgrade", "websocket", "WebSocket", "h2c, websocket", "h2c", ""),
     header("Connection", "Upgrade", "keep-alive, Upgrade", "upgrade", "close"),
     header("Sec-WebSocket-Version", "13", "8", "12", "013", "x"),
     header("Sec-WebSocket-Key", KEY, "short==", KEY[:-2] + "AA", "!" + KEY[1:], ""),
-    optional("Origin", ALLOWED, "https://evil.example", "null", "file:///x", "http://", "x"),
+    optional(
+        "Origin", ALLOWED, "https://evil.example", "null", "file:///x", "http://", "x", "", " "
+    ),
     optional("Sec-WebSocket-Protocol", "chat", "a, a", ""),
     optional(
         "Sec-WebSocket-Extensions",
@@ -253,4 +311,4 @@ requests = st.builds(
 )
 @given(request=requests)
 def test_any_request_is_answered_as_autobahn_would(servers, request: bytes) -> None:
-    assert_same_answer(servers, request)
+    event(assert_same_answer(servers, request).decode("latin-1"))  # what was covered
