@@ -10,6 +10,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
+from txaio import tx as txaio_twisted
 
 from . import __version__
 from .admin import Admin
@@ -365,7 +366,11 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     """Build the signaling service from parsed options."""
     if reactor is None:
         from twisted.internet import reactor
-    set_level(LEVELS[config["log-level"]])
+    level = config["log-level"]
+    set_level(LEVELS[level])
+    # Autobahn's lines (a refused handshake, ...) follow, but never its
+    # debug output, which describes every frame.
+    txaio_twisted.set_global_log_level("info" if level == "debug" else level)
     tune_gc()
     speedups = native_speedups()
     if all(speedups.values()):

@@ -65,12 +65,26 @@ def test_debug_log_level_logs_each_connection(run_twistd) -> None:
         assert f"[signaling.protocol#debug] {event}" in output, event
 
 
+def refuse_a_handshake(port: int) -> None:
+    """A plain GET of /connect: Autobahn refuses it (426) and logs it."""
+    assert http_get(port, "/connect")[0] == 426
+
+
 def test_warn_log_level_hides_info(run_twistd) -> None:
     server = run_twistd("--interface", "127.0.0.1", "--port", "0", "--log-level", "warn")
     assert_serves(server.port)
+    refuse_a_handshake(server.port)
     output = server.stop()
     assert "native speedups active" not in output
+    assert "failing WebSocket opening handshake" not in output  # Autobahn's info
     assert "Server Shut Down" in output  # Twisted's own lines are not filtered
+
+
+def test_info_log_level_shows_refused_handshakes(run_twistd) -> None:
+    server = run_twistd("--interface", "127.0.0.1", "--port", "0")
+    refuse_a_handshake(server.port)
+    output = server.stop()
+    assert "failing WebSocket opening handshake ('HTTP Upgrade header missing')" in output
 
 
 def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:
