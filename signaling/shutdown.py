@@ -36,7 +36,9 @@ class GracefulShutdown(Service):
     With ``reactor`` given, SIGTERM and SIGINT stop that reactor (which
     stops this service) without twistd's re-raise of the signal, so the
     process exits 0 after a graceful shutdown; a second signal drops the
-    remaining clients at once.
+    remaining clients at once. With ``drain_delay``, a signal first sets
+    ``factory.draining`` and keeps serving (open listeners, so load
+    balancers see /healthz answer 503) for that many seconds.
     """
 
     def __init__(
@@ -45,13 +47,16 @@ class GracefulShutdown(Service):
         timeout: float,
         clock: IReactorTime,
         reactor: Any = None,
+        drain_delay: float = 0.0,
     ) -> None:
         self.factory = factory
         self.timeout = timeout
+        self.drain_delay = drain_delay
         self._clock = clock
         self._reactor = reactor
         self._restore_handlers: list[Callable[[], None]] = []
         self._finish_now: Callable[[str], None] | None = None
+        self._delayed_stop: IDelayedCall | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -71,13 +76,34 @@ class GracefulShutdown(Service):
         if self._finish_now is not None:
             _log.info("{signal} again: dropping the remaining connections", signal=name)
             self._finish_now("on a second signal")
+        elif self._delayed_stop is not None:
+            _log.info("{signal} again: shutting down now", signal=name)
+            self._stop_reactor()
+        elif self.running and self.drain_delay > 0:
+            self.factory.draining = True
+            _log.info(
+                "{signal}: draining for {delay}s (/healthz answers 503, new WebSocket "
+                "handshakes are refused), then shutting down",
+                signal=name,
+                delay=self.drain_delay,
+            )
+            self._delayed_stop = self._clock.callLater(self.drain_delay, self._stop_reactor)
         elif self.running:
             _log.info("{signal}: shutting down", signal=name)
-            with contextlib.suppress(ReactorNotRunning):  # already on its way down
-                self._reactor.stop()
+            self._stop_reactor()
+
+    def _stop_reactor(self) -> None:
+        if self._delayed_stop is not None and self._delayed_stop.active():
+            self._delayed_stop.cancel()
+        self._delayed_stop = None
+        with contextlib.suppress(ReactorNotRunning):  # already on its way down
+            self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._delayed_stop is not None and self._delayed_stop.active():
+            self._delayed_stop.cancel()  # stopped some other way meanwhile
+        self._delayed_stop = None
         self.factory.draining = True
         clients = list(self.factory.clients.values())
         _log.info(

@@ -130,6 +130,15 @@ class Options(usage.Options):
             _log_level,
         ],
         [
+            "drain-delay",
+            None,
+            0.0,
+            "Seconds to keep serving on SIGTERM/SIGINT with /healthz answering 503 and "
+            "new WebSocket handshakes refused, before closing the clients "
+            "(for load balancers to notice).",
+            _seconds,
+        ],
+        [
             "shutdown-timeout",
             None,
             5.0,
@@ -385,7 +394,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         clock=reactor, limits=config.limits, trust_proxy=config["trust-proxy"]
     )
     # Services stop in reverse order: the listeners before the drain.
-    GracefulShutdown(factory, config["shutdown-timeout"], reactor, reactor).setServiceParent(top)
+    GracefulShutdown(
+        factory, config["shutdown-timeout"], reactor, reactor, drain_delay=config["drain-delay"]
+    ).setServiceParent(top)
     metrics_listen = config["metrics-listen"]
     serving = listening_factory(
         factory, serve_metrics=not metrics_listen, demo=not config["no-demo"]

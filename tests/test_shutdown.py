@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from websockets.sync.client import connect
 
 from signaling.shutdown import POLL_INTERVAL, GracefulShutdown
 
-from .conftest import TIMEOUT, RunningServer, on_reactor, wait_for
+from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
 from .raw_client import open_by_hand
 from .twistd_process import twistd
 
@@ -176,3 +179,60 @@ def test_a_second_signal_drops_the_remaining_clients_at_once(tmp_path: Path) -> 
             silent.close()
         server.wait_for(r"SIGINT again: dropping the remaining connections")
         server.wait_for(r"closed 1 connections: 0 closed cleanly, 1 dropped on a second signal")
+
+
+def _health(port: int) -> tuple[int, dict[str, Any]]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_drain_delay_keeps_serving_while_health_checks_fail(tmp_path: Path) -> None:
+    with twistd(
+        tmp_path, "--interface", "127.0.0.1", "--port", "0", "--drain-delay", "1.5"
+    ) as server:
+        [port] = server.ports()
+        assert _health(port)[0] == 200
+        with _client(port) as a_ws, _client(port) as b_ws:
+            a, b = Client(a_ws), Client(b_ws)
+            a.join("staying")
+            b.join("staying")
+            a.expect("new-client")
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            server.wait_for(r"SIGTERM: draining for 1.5s")
+            # load balancers asking now are told to go elsewhere...
+            status, health = _health(port)
+            assert (status, health["status"]) == (503, "draining")
+            with pytest.raises(InvalidStatus) as refused:
+                _client(port)
+            assert refused.value.response.status_code == 503
+            # ...while the clients already here carry on
+            a.offer(b.id, "v=0 during the drain")
+            assert b.expect("offer") == {"client_id": a.id, "sdp": "v=0 during the drain"}
+            for client in (a, b):
+                assert client.expect_closed() == 1001
+            assert time.monotonic() - started >= 1.4
+            assert server.wait_exit() == 0
+
+
+def test_a_second_signal_ends_the_drain_delay(tmp_path: Path) -> None:
+    with twistd(
+        tmp_path, "--interface", "127.0.0.1", "--port", "0", "--drain-delay", "60"
+    ) as server:
+        [port] = server.ports()
+        with _client(port) as ws:
+            ws.recv(TIMEOUT)
+            server.signal(signal.SIGTERM)
+            server.wait_for(r"SIGTERM: draining for 60")
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            with pytest.raises(Exception):  # noqa: B017 - ConnectionClosed of some kind
+                ws.recv(TIMEOUT)
+            assert ws.close_code == 1001
+            assert server.wait_exit(timeout=10) == 0
+            assert time.monotonic() - started < 5
+        server.wait_for(r"SIGTERM again: shutting down now")
