@@ -35,6 +35,7 @@ from .messages import Join, NotUtf8, ProtocolError, Relay
 from .origin import OriginPolicy
 from .registry import AlreadyInRoom, Room, RoomFull, RoomRegistry, TooManyRooms, new_client_id
 from .stats import Stats
+from .timers import cancel
 from .tuning import skip_autobahn_debug_formatting
 
 _log = ServerLogger()
@@ -147,10 +148,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             super().connectionLost(reason)
 
     def _cancel_handshake_deadline(self) -> None:
-        if self._handshake_deadline is not None:
-            if self._handshake_deadline.active():
-                self._handshake_deadline.cancel()
-            self._handshake_deadline = None
+        cancel(self._handshake_deadline)
+        self._handshake_deadline = None
 
     def processHandshake(self) -> None:
         """Read the opening request: Autobahn answers a request for
@@ -528,8 +527,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             return  # the opening handshake never completed
         factory = self.factory
         self._cancel_join_timer()
-        if self._keepalive is not None and self._keepalive.active():
-            self._keepalive.cancel()
+        cancel(self._keepalive)
         factory.closed_messages_in += self.messages_in
         factory.closed_messages_out += self.messages_out
         if factory.clients.pop(self.client_id, None) is not None:
@@ -660,11 +658,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             self._join_timer = self.factory.clock.callLater(timeout, self._join_timed_out)
 
     def _cancel_join_timer(self) -> None:
-        timer = self._join_timer
-        if timer is not None:
-            self._join_timer = None
-            if timer.active():
-                timer.cancel()
+        cancel(self._join_timer)
+        self._join_timer = None
 
     def _join_timed_out(self) -> None:
         self._join_timer = None

@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall
 from .logs import ServerLogger
 from .protocol import SignalingFactory
 from .signals import install_handler
+from .timers import cancel
 
 _log = ServerLogger()
 
@@ -93,16 +94,14 @@ class GracefulShutdown(Service):
             self._stop_reactor()
 
     def _stop_reactor(self) -> None:
-        if self._delayed_stop is not None and self._delayed_stop.active():
-            self._delayed_stop.cancel()
+        cancel(self._delayed_stop)
         self._delayed_stop = None
         with contextlib.suppress(ReactorNotRunning):  # already on its way down
             self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._delayed_stop is not None and self._delayed_stop.active():
-            self._delayed_stop.cancel()  # stopped some other way meanwhile
+        cancel(self._delayed_stop)  # if stopped some other way meanwhile
         self._delayed_stop = None
         self.factory.draining = True
         clients = list(self.factory.clients.values())
@@ -127,8 +126,7 @@ class GracefulShutdown(Service):
             self._finish_now = None
             if poll.running:
                 poll.stop()
-            if deadline is not None and deadline.active():
-                deadline.cancel()
+            cancel(deadline)
             stragglers = list(self.factory.clients.values())
             for client in stragglers:
                 client.dropConnection(abort=True)

@@ -20,6 +20,7 @@ from twisted.web.server import Request, Site
 from . import __version__, metrics
 from .demo import STATIC_PATH, StaticDirectory, StaticFileResource, load_static_files
 from .protocol import SignalingFactory
+from .timers import cancel
 
 WEBSOCKET_PATH = b"connect"
 
@@ -148,9 +149,7 @@ def _past_deadline(channel: Any) -> None:
 
 
 def _cancel_deadline(channel: Any) -> None:
-    call = getattr(channel, "signaling_deadline", None)
-    if call is not None and call.active():
-        call.cancel()
+    cancel(getattr(channel, "signaling_deadline", None))
     channel.signaling_deadline = None
 
 

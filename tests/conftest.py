@@ -201,21 +201,21 @@ def log_level() -> Iterator[None]:
     set_level(LogLevel.info)
 
 
-@pytest.fixture
-def info_events(log_level: None) -> Iterator[list[dict[str, Any]]]:
-    """The events emitted at the default level, info."""
-    set_level(LogLevel.info)
+def _captured_at(level: LogLevel) -> Iterator[list[dict[str, Any]]]:
+    set_level(level)
     captured: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(captured.append)
     yield captured
     globalLogPublisher.removeObserver(captured.append)
+
+
+@pytest.fixture
+def info_events(log_level: None) -> Iterator[list[dict[str, Any]]]:
+    """The events emitted at the default level, info."""
+    yield from _captured_at(LogLevel.info)
 
 
 @pytest.fixture
 def events(log_level: None) -> Iterator[list[dict[str, Any]]]:
     """The events emitted with ``--log-level debug``."""
-    set_level(LogLevel.debug)
-    captured: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(captured.append)
-    yield captured
-    globalLogPublisher.removeObserver(captured.append)
+    yield from _captured_at(LogLevel.debug)

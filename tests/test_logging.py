@@ -9,7 +9,7 @@ from twisted.logger import LogLevel, formatEvent
 
 from signaling.logs import ServerLogger, set_level
 
-from .conftest import RunningServer, wait_for
+from .conftest import Client, RunningServer, wait_for
 
 SECRET_SDP = "v=0\r\na=ice-pwd:do-not-log-this-secret\r\n"
 
@@ -23,12 +23,11 @@ def ours(events: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_lifecycle_events_carry_client_and_room(
-    server: RunningServer, events: list[dict[str, Any]]
-) -> None:
+def session(server: RunningServer, room: str) -> tuple[Client, Client]:
+    """Two clients meet in ``room``, relay an offer, one errs and leaves."""
     a, b = server.client(), server.client()
-    a.join("logged-room")
-    b.join("logged-room")
+    a.join(room)
+    b.join(room)
     a.expect("new-client")
     a.offer(b.id, SECRET_SDP)
     b.expect("offer")
@@ -36,6 +35,13 @@ def test_lifecycle_events_carry_client_and_room(
     a.expect_error("unknown_type")
     a.close()
     b.expect("leave-client")
+    return a, b
+
+
+def test_lifecycle_events_carry_client_and_room(
+    server: RunningServer, events: list[dict[str, Any]]
+) -> None:
+    a, b = session(server, "logged-room")
 
     assert wait_for(lambda: len(ours(events, "disconnect")) == 1)
     assert {e["client_id"] for e in ours(events, "connect")} == {a.id, b.id}
@@ -71,14 +77,7 @@ def test_room_ids_cannot_forge_log_lines(
 def test_info_level_keeps_errors_and_drops_lifecycle(
     server: RunningServer, info_events: list[dict[str, Any]]
 ) -> None:
-    a, b = server.client(), server.client()
-    a.join("quiet-room")
-    b.join("quiet-room")
-    a.expect("new-client")
-    a.send("dance", {})
-    a.expect_error("unknown_type")
-    a.close()
-    b.expect("leave-client")
+    session(server, "quiet-room")
     assert wait_for(lambda: ours(info_events, "error"))
     for prefix in ("connect", "join", "leave", "disconnect"):
         assert not ours(info_events, prefix), prefix
