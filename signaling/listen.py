@@ -13,7 +13,10 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from .tls import ReloadableServerTLS
+from .logs import ServerLogger
+from .tls import INTERMEDIATE_CIPHERS, ReloadableServerTLS, select_alpn
+
+_log = ServerLogger()
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,12 @@ def plan_listeners(options: Mapping[str, Any], simple_description: str) -> list[
         raise usage.UsageError("--tls-cert and --tls-key go together: give both or neither")
     if options["tls-min-version"] is not None and not has_tls_files:
         raise usage.UsageError("--tls-min-version needs --tls-cert and --tls-key")
+    if options.get("tls-ciphers") is not None and not (
+        has_tls_files or any(d.split(":", 1)[0] == "ssl" for d in plain)
+    ):
+        raise usage.UsageError(
+            "--tls-ciphers needs a TLS listener: --tls-cert/--tls-key or an ssl: --listen"
+        )
     if not plain and not secure:
         return [Listener(simple_description, tls=has_tls_files)]
 
@@ -92,14 +101,46 @@ def plan_listeners(options: Mapping[str, Any], simple_description: str) -> list[
 
 
 def listening_service(
-    listener: Listener, serving: IProtocolFactory, tls: ReloadableServerTLS | None, reactor: Any
+    listener: Listener,
+    serving: IProtocolFactory,
+    tls: ReloadableServerTLS | None,
+    reactor: Any,
+    ciphers: str = INTERMEDIATE_CIPHERS,
 ) -> StreamServerEndpointService:
     """A service serving ``serving`` on the listener's endpoint (wss with ``tls``).
 
-    A failure to listen aborts start-up.
+    A failure to listen aborts start-up.  An ``ssl:`` endpoint gets the same
+    ALPN answer and TLS 1.2 ``ciphers`` as ``tls`` has.
     """
     factory: Any = serving
     if listener.tls:
         assert tls is not None
         factory = TLSMemoryBIOFactory(tls, False, serving)
-    return strports.service(listener.description, factory, reactor=reactor)
+    service = strports.service(listener.description, factory, reactor=reactor)
+    if listener.description.split(":", 1)[0] == "ssl":
+        _apply_tls_policy(service, ciphers)
+    return service
+
+
+def _apply_tls_policy(service: StreamServerEndpointService, ciphers: str) -> None:
+    """Give the context Twisted built for an ``ssl:`` endpoint our ALPN answer
+    and cipher list.
+
+    Twisted keeps that context in a private attribute of the endpoint (it
+    builds one context per endpoint and reuses it for every connection).
+    Without it, Twisted's own policy stays, and since Twisted 25 that fails
+    every handshake in which the client offers ALPN (browsers, curl).
+    """
+    creator = getattr(service.endpoint, "_sslContextFactory", None)
+    get_context = getattr(creator, "getContext", None)
+    if get_context is None:
+        _log.warn(
+            "ssl: endpoint {endpoint}: cannot reach its TLS context in this Twisted, "
+            "so it keeps Twisted's TLS policy, which may refuse browsers; "
+            "use --listen-tls instead",
+            endpoint=service.endpoint,
+        )
+        return
+    context = get_context()
+    context.set_alpn_select_callback(select_alpn)
+    context.set_cipher_list(ciphers.encode("ascii"))

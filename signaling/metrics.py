@@ -80,6 +80,13 @@ class SignalingCollector(Collector):
             "Connections dropped for not answering a ping in time.",
             stats.keepalive_timeouts,
         )
+        yield CounterMetricFamily(
+            "signaling_tls_failures",
+            "TLS connections that failed before a WebSocket opened: failed TLS "
+            "handshakes (no common version or cipher, plain HTTP on a TLS port) "
+            "and TLS errors during the opening request.",
+            stats.tls_failures,
+        )
         buckets = []
         cumulative = 0
         for bound, count in zip(LATENCY_BUCKETS, stats.latency_counts, strict=False):

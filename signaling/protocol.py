@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.websocket.protocol import _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from OpenSSL import SSL
 from twisted.internet import tcp, unix
 from twisted.internet.interfaces import (
     IConsumer,
@@ -36,6 +37,7 @@ from .origin import OriginPolicy
 from .registry import AlreadyInRoom, Room, RoomFull, RoomRegistry, TooManyRooms, new_client_id
 from .stats import Stats
 from .timers import cancel
+from .tls import describe_error
 from .tuning import skip_autobahn_debug_formatting
 
 _log = ServerLogger()
@@ -143,6 +145,13 @@ class SignalingProtocol(WebSocketServerProtocol):
         if not self.client_id:
             # Never opened: Autobahn would log a failed TLS handshake (a
             # scanner, plain HTTP on the wss port) as an error.
+            if reason.check(SSL.Error):
+                self.factory.stats.tls_failures += 1
+                _log.debug(
+                    "TLS failed {peer}: {reason}",
+                    peer=self.peer,
+                    reason=describe_error(cast(SSL.Error, reason.value)),
+                )
             self._connectionLost(cast(Any, reason))
         else:
             super().connectionLost(reason)

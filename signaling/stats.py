@@ -39,6 +39,7 @@ class Stats:
         self.bytes_out = 0
         self.slow_consumers = 0
         self.keepalive_timeouts = 0
+        self.tls_failures = 0
         self.refused_handshakes: Counter[int] = Counter()
         # one count per bucket plus +Inf, not cumulative
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)

@@ -22,7 +22,13 @@ from .protocol import SignalingFactory
 from .reload import CertificateReloader
 from .shutdown import GracefulShutdown
 from .systemd import SystemdNotifier
-from .tls import MINIMUM_VERSIONS, ReloadableServerTLS, TLSConfigError
+from .tls import (
+    INTERMEDIATE_CIPHERS,
+    MINIMUM_VERSIONS,
+    ReloadableServerTLS,
+    TLSConfigError,
+    check_ciphers,
+)
 from .tuning import native_speedups, tune_gc
 from .web import build_metrics_site, listening_factory
 
@@ -106,6 +112,13 @@ class Options(usage.Options):
             None,
             "Oldest TLS version accepted: 1.2 or 1.3 [default: 1.2].",
             _tls_version,
+        ],
+        [
+            "tls-ciphers",
+            None,
+            None,
+            "OpenSSL cipher list for TLS 1.2 on every TLS listener "
+            "[default: Mozilla's intermediate list: ECDHE/DHE with AES-GCM or ChaCha20].",
         ],
         [
             "tls-reload-interval",
@@ -317,6 +330,19 @@ class Options(usage.Options):
         print(f"signaling {__version__}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:  # not under twistd
+                raise
+            # One line, and a failing exit status on every Twisted: twistd
+            # before 26.4 prints its whole usage and exits 0, which a
+            # service manager takes for a clean stop.
+            raise SystemExit(
+                f"twistd signaling: {e}\n(twistd signaling --help lists the options)"
+            ) from None
+
     def postOptions(self) -> None:
         if self["port"] is not None and not 0 <= self["port"] <= 65535:
             raise usage.UsageError(f"--port must be between 0 and 65535, not {self['port']}")
@@ -330,6 +356,11 @@ class Options(usage.Options):
             self["manhole-host-key"],
             bool(self["manhole-remote"]),
         )
+        if self["tls-ciphers"] is not None:
+            try:
+                check_ciphers(self["tls-ciphers"])
+            except TLSConfigError as e:
+                raise usage.UsageError(f"--tls-ciphers: {e}") from None
         self["listeners"] = plan_listeners(self, self.listen_description)
         self["tls"] = None
         if any(listener.tls for listener in self["listeners"]):
@@ -338,9 +369,14 @@ class Options(usage.Options):
                     self["tls-cert"],
                     self["tls-key"],
                     MINIMUM_VERSIONS[self["tls-min-version"] or "1.2"],
+                    self.tls_ciphers,
                 )
             except TLSConfigError as e:
                 raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
+
+    @property
+    def tls_ciphers(self) -> str:
+        return self["tls-ciphers"] or INTERMEDIATE_CIPHERS
 
     @property
     def listen_description(self) -> str:
@@ -402,7 +438,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         factory, serve_metrics=not metrics_listen, demo=not config["no-demo"]
     )
     for listener in config["listeners"]:
-        listening_service(listener, serving, config["tls"], reactor).setServiceParent(top)
+        listening_service(
+            listener, serving, config["tls"], reactor, config.tls_ciphers
+        ).setServiceParent(top)
     if metrics_listen:
         strports.service(metrics_listen, build_metrics_site(factory)).setServiceParent(top)
     interval = config["tls-reload-interval"]
