@@ -40,8 +40,8 @@ def machine() -> dict[str, Any]:
         "twisted": _version("twisted"),
         "orjson": _version("orjson"),
         "uvloop": _version("uvloop"),
-        "autobahn_nvx_built": getattr(autobahn_websocket, "HAS_NVX", None),
-        "autobahn_nvx_active": getattr(autobahn_websocket, "USES_NVX", None),
+        "autobahn_nvx_built": bool(getattr(autobahn_websocket, "HAS_NVX", False)),
+        "autobahn_nvx_active": bool(getattr(autobahn_websocket, "USES_NVX", False)),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
