@@ -15,7 +15,7 @@ from txaio import tx as txaio_twisted
 from . import __version__
 from .admin import Admin
 from .limits import Limits
-from .listen import listening_service, plan_listeners
+from .listen import check_endpoint, listening_service, plan_listeners
 from .logs import LEVELS, ServerLogger, set_level
 from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
 from .protocol import SignalingFactory
@@ -331,6 +331,8 @@ class Options(usage.Options):
             bool(self["manhole-remote"]),
         )
         self["listeners"] = plan_listeners(self, self.listen_description)
+        if self["metrics-listen"]:
+            check_endpoint("--metrics-listen", self["metrics-listen"])
         self["tls"] = None
         if any(listener.tls for listener in self["listeners"]):
             try:
