@@ -173,7 +173,9 @@ class Options(usage.Options):
             "max-connections-per-address",
             None,
             _DEFAULTS.max_connections_per_address,
-            "Most open connections from one client address (HTTP 503 beyond).",
+            "Most open connections from one client address, an IPv4 address or IPv6 /64 "
+            "(HTTP 503 beyond); peers on a unix socket count only by a trusted forwarded "
+            "address.",
             _count,
         ],
         [
