@@ -175,7 +175,7 @@ class Admin:
         room = protocol.room
         return ClientInfo(
             client_id=protocol.client_id,
-            address=protocol.peer or "",
+            address=protocol.client_address,
             room_id=room.room_id if room is not None else None,
             connected_at=protocol.connected_at,
             connected_for=now - protocol.connected_at,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +28,58 @@ class Listener:
     tls: bool
 
 
+def _fields(description: str) -> list[str]:
+    """The colon-separated fields of an endpoint description, with the
+    backslash escapes (``\\:``) resolved."""
+    fields = [""]
+    escaped = False
+    for char in description:
+        if escaped:
+            fields[-1] += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("")
+        else:
+            fields[-1] += char
+    return fields
+
+
+def unix_socket_path(description: str) -> str | None:
+    """The file a ``unix:`` endpoint description listens on (None for
+    other endpoints)."""
+    kind, *args = _fields(description)
+    if kind != "unix":
+        return None
+    positional = [arg for arg in args if "=" not in arg]
+    named = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    return named.get("address", positional[0] if positional else None)
+
+
+def _check_unix_directory(option: str, description: str) -> None:
+    """UsageError, naming the path, if a unix socket cannot be made where
+    ``description`` says: its directory is missing or not writable."""
+    path = unix_socket_path(description)
+    if not path or path.startswith("@"):  # none, or Linux's abstract namespace
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise usage.UsageError(
+            f"{option} {description}: directory {directory} does not exist; create it "
+            "first (the server does not), e.g. install -d -m 0750 "
+            f"{directory}, or let systemd's socket unit or RuntimeDirectory= make it"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise usage.UsageError(
+            f"{option} {description}: directory {directory} is not writable by this user, "
+            "so the socket cannot be made there"
+        )
+
+
 def check_endpoint(option: str, description: str) -> None:
-    """Raise UsageError unless ``description`` is a server endpoint Twisted can build."""
+    """Raise UsageError unless ``description`` is a server endpoint Twisted can
+    build and, for a unix socket, its directory is there to make it in."""
     from twisted.internet import reactor
 
     try:
@@ -48,6 +99,7 @@ def check_endpoint(option: str, description: str) -> None:
         raise usage.UsageError(
             f"{option} {description}: not a usable endpoint: {type(e).__name__}: {e}{hint}"
         ) from None
+    _check_unix_directory(option, description)
 
 
 def plan_listeners(options: Mapping[str, Any], simple_description: str) -> list[Listener]:

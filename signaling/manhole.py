@@ -25,6 +25,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.python import usage
 from zope.interface import implementer
 
+from .listen import check_endpoint
 from .logs import ServerLogger
 
 _log = ServerLogger()
@@ -171,7 +172,7 @@ def manhole_config(
             "bind it to a loopback address (e.g. tcp:2222:interface=127.0.0.1) "
             "or a unix: socket, or pass --manhole-remote"
         )
-    _check_endpoint(endpoint)
+    check_endpoint("--manhole", endpoint)
     authorized_keys = os.path.abspath(os.path.expanduser(authorized_keys))
     try:
         usable = AuthorizedKeysFile(authorized_keys).read()
@@ -183,17 +184,6 @@ def manhole_config(
         raise usage.UsageError(f"--manhole-keys {authorized_keys} holds no usable public key")
     host_key = load_or_create_host_key(os.path.abspath(os.path.expanduser(host_key_path)))
     return ManholeConfig(endpoint, authorized_keys, host_key)
-
-
-def _check_endpoint(description: str) -> None:
-    from twisted.internet import endpoints, reactor
-
-    try:
-        endpoints.serverFromString(reactor, description)
-    except Exception as e:  # parsers raise all kinds; any of them means bad input
-        raise usage.UsageError(
-            f"--manhole {description} is not a valid endpoint: {type(e).__name__}: {e}"
-        ) from None
 
 
 class _Session(manhole_ssh.TerminalSession):

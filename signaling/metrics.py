@@ -65,6 +65,12 @@ class SignalingCollector(Collector):
             {str(k): v for k, v in stats.refused_handshakes.items()},
         )
         yield CounterMetricFamily(
+            "signaling_untrusted_forwarded_requests",
+            "Requests that carried X-Forwarded-For or Forwarded while --trust-proxy is 0 "
+            "(the header was ignored).",
+            stats.untrusted_forwarded,
+        )
+        yield CounterMetricFamily(
             "signaling_received_bytes", "Message payload bytes received.", stats.bytes_in
         )
         yield CounterMetricFamily(

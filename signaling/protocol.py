@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import messages
+from .addresses import forwarded_address, socket_address
 from .framing import GENERAL, NEED_MORE, next_frame, text_frame
 from .handshake import CONNECT_PATH, PlainUpgrade, plain_upgrade
 from .limits import Limits, RateLimiter
@@ -90,7 +91,9 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     factory: SignalingFactory
     client_id: str = ""
-    address: str = ""
+    #: What --max-connections-per-address counts this client by (None: not
+    #: counted); see signaling.addresses.
+    limit_key: str | None = None
     room: Room | None = None
     connected_at: float = 0.0
     #: Frames received from and sent to this client (read by the admin console).
@@ -112,15 +115,17 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     @property
     def client_address(self) -> str:
-        """The client's address, e.g. ``tcp4:192.0.2.7:50412``; with ``--trust-proxy``,
-        the address the trusted proxies put in X-Forwarded-For."""
-        return self.peer or "unknown"
+        """The client's address, e.g. ``tcp4:192.0.2.7:50412`` or ``unix``; with
+        ``--trust-proxy``, the address the trusted proxies put in X-Forwarded-For
+        (see signaling.addresses)."""
+        return self.peer or ""
 
     # -- opening handshake -----------------------------------------------------
 
     def connectionMade(self) -> None:
         super().connectionMade()
         factory = self.factory
+        self.peer, self.limit_key = socket_address(cast(ITransport, self.transport).getPeer())
         self._accepted_at = factory.clock.seconds()
         timeout = factory.limits.handshake_timeout
         if timeout > 0:
@@ -243,10 +248,6 @@ class SignalingProtocol(WebSocketServerProtocol):
             if offers and options.perMessageCompressionAccept(offers) is not None:
                 return False
         headers = upgrade.headers
-        forwarded = headers.get("x-forwarded-for")
-        if forwarded is not None and options.trustXForwardedFor:
-            addresses = [address.strip() for address in forwarded.split(",")]
-            self.peer = addresses[-options.trustXForwardedFor :][0]
         self.http_request_data = self.data[: end + 4]
         self.data = self.data[end + 4 :]
         self.http_status_line = upgrade.status_line
@@ -310,12 +311,15 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> None:
         factory = self.factory
-        if factory.trust_proxy and "x-forwarded-for" in request.headers:
-            self.address = self.peer or ""  # Autobahn put the forwarded address there
-        else:
-            assert self.transport is not None
-            peer = self.transport.getPeer()
-            self.address = getattr(peer, "host", None) or str(peer)
+        headers = request.headers
+        if factory.trust_proxy:
+            forwarded = headers.get("x-forwarded-for")
+            if forwarded is not None:
+                client = forwarded_address(forwarded, factory.trust_proxy)
+                if client is not None:
+                    self.peer, self.limit_key = client
+        elif "x-forwarded-for" in headers or "forwarded" in headers:
+            factory.untrusted_forwarding()
         if factory.draining:
             self._refuse(503, "server is shutting down")
         if not factory.origins.allows(request.headers.get("origin")):
@@ -325,13 +329,14 @@ class SignalingProtocol(WebSocketServerProtocol):
             self._refuse(503, "too many connections")
         if (
             limits.max_connections_per_address
-            and factory.address_counts[self.address] >= limits.max_connections_per_address
+            and self.limit_key is not None
+            and factory.address_counts[self.limit_key] >= limits.max_connections_per_address
         ):
             self._refuse(503, "too many connections from this address")
 
     def _refuse(self, status: int, reason: str) -> None:
         self.factory.stats.refused_handshakes[status] += 1
-        _log.info("refused {address}: {reason}", address=self.address, reason=reason)
+        _log.info("refused {address}: {reason}", address=self.peer, reason=reason)
         raise ConnectionDeny(status, reason)
 
     def onOpen(self) -> None:
@@ -339,7 +344,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         self.client_id = client_id = new_client_id()
         self.connected_at = self._last_seen = now = factory.clock.seconds()
         factory.clients[client_id] = self
-        factory.address_counts[self.address] += 1
+        if self.limit_key is not None:
+            factory.address_counts[self.limit_key] += 1
         factory.stats.connections_total += 1
         limits = factory.limits
         if limits.rate_limit > 0:
@@ -539,11 +545,12 @@ class SignalingProtocol(WebSocketServerProtocol):
         cancel(self._keepalive)
         factory.closed_messages_in += self.messages_in
         factory.closed_messages_out += self.messages_out
-        if factory.clients.pop(self.client_id, None) is not None:
+        key = self.limit_key
+        if factory.clients.pop(self.client_id, None) is not None and key is not None:
             counts = factory.address_counts
-            counts[self.address] -= 1
-            if counts[self.address] <= 0:
-                del counts[self.address]
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
         if self.room is not None:
             self._leave_room()
         _log.debug(
@@ -783,8 +790,21 @@ class SignalingFactory(WebSocketServerFactory):
             # No HTML status page (it also honours ?redirect=, an open
             # redirect): a plain GET of /connect gets an HTTP error.
             webStatus=False,
-            trustXForwardedFor=trust_proxy,
+            # onConnect reads X-Forwarded-For itself (signaling.addresses).
+            trustXForwardedFor=0,
         )
+
+    def untrusted_forwarding(self) -> None:
+        """Count a request that carried X-Forwarded-For or Forwarded while no
+        proxy is trusted; warn the first time."""
+        self.stats.untrusted_forwarded += 1
+        if self.stats.untrusted_forwarded == 1:
+            _log.warn(
+                "a request came with X-Forwarded-For or Forwarded, but --trust-proxy is 0: "
+                "the header is ignored, so clients behind that proxy all have its address "
+                "and share its --max-connections-per-address; give --trust-proxy N when N "
+                "proxies of yours are in front"
+            )
 
     def startFactory(self) -> None:
         super().startFactory()

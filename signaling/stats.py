@@ -41,6 +41,8 @@ class Stats:
         self.keepalive_timeouts = 0
         self.tls_failures = 0
         self.refused_handshakes: Counter[int] = Counter()
+        #: Requests with X-Forwarded-For or Forwarded while --trust-proxy is 0.
+        self.untrusted_forwarded = 0
         # one count per bucket plus +Inf, not cumulative
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0

@@ -15,7 +15,7 @@ from txaio import tx as txaio_twisted
 from . import __version__
 from .admin import Admin
 from .limits import Limits
-from .listen import listening_service, plan_listeners
+from .listen import check_endpoint, listening_service, plan_listeners
 from .logs import LEVELS, ServerLogger, set_level
 from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
 from .protocol import SignalingFactory
@@ -186,7 +186,9 @@ class Options(usage.Options):
             "max-connections-per-address",
             None,
             _DEFAULTS.max_connections_per_address,
-            "Most open connections from one client address (HTTP 503 beyond).",
+            "Most open connections from one client address, an IPv4 address or IPv6 /64 "
+            "(HTTP 503 beyond); peers on a unix socket count only by a trusted forwarded "
+            "address.",
             _count,
         ],
         [
@@ -339,9 +341,7 @@ class Options(usage.Options):
             # One line, and a failing exit status on every Twisted: twistd
             # before 26.4 prints its whole usage and exits 0, which a
             # service manager takes for a clean stop.
-            raise SystemExit(
-                f"twistd signaling: {e}\n(twistd signaling --help lists the options)"
-            ) from None
+            raise SystemExit(f"twistd signaling: {e}") from None
 
     def postOptions(self) -> None:
         if self["port"] is not None and not 0 <= self["port"] <= 65535:
@@ -362,6 +362,8 @@ class Options(usage.Options):
             except TLSConfigError as e:
                 raise usage.UsageError(f"--tls-ciphers: {e}") from None
         self["listeners"] = plan_listeners(self, self.listen_description)
+        if self["metrics-listen"]:
+            check_endpoint("--metrics-listen", self["metrics-listen"])
         self["tls"] = None
         if any(listener.tls for listener in self["listeners"]):
             try:

@@ -6,6 +6,7 @@ browser client and the page's files under ``/static/``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -13,11 +14,14 @@ from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.web.iweb import IAccessLogFormatter
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
+from zope.interface import provider
 
 from . import __version__, metrics
+from .addresses import forwarded_address, socket_address
 from .demo import STATIC_PATH, StaticDirectory, StaticFileResource, load_static_files
 from .protocol import SignalingFactory
 from .timers import cancel
@@ -110,10 +114,33 @@ class SignalingSite(Site):
     deadline; their keep-alive connections end with it.
     """
 
-    def __init__(self, root: Resource, clock: IReactorTime, deadline: float) -> None:
-        super().__init__(root)
+    def __init__(
+        self,
+        root: Resource,
+        clock: IReactorTime,
+        deadline: float,
+        *,
+        trust_proxy: int = 0,
+        untrusted_forwarding: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(root, logFormatter=access_log_formatter(trust_proxy))
         self.clock = clock
         self.deadline = deadline
+        self.trust_proxy = trust_proxy
+        self.untrusted_forwarding = untrusted_forwarding
+
+    def getResourceFor(self, request: Request) -> IResource:
+        resource = super().getResourceFor(request)
+        # (/connect counts when its handshake is read: SignalingProtocol.onConnect)
+        if (
+            not self.trust_proxy
+            and self.untrusted_forwarding is not None
+            and not isinstance(resource, _ConnectResource)
+        ):
+            headers = request.requestHeaders
+            if headers.hasHeader(b"x-forwarded-for") or headers.hasHeader(b"forwarded"):
+                self.untrusted_forwarding()
+        return resource
 
     def buildProtocol(self, addr: Any) -> Any:
         return self._with_deadline(super().buildProtocol(addr), self.deadline)
@@ -140,6 +167,49 @@ class SignalingSite(Site):
             cast(Any, transport).protocol = protocol
         protocol.makeConnection(transport)
         protocol.dataReceived(data)
+
+
+def request_client_address(request: Request, trust_proxy: int) -> str:
+    """The client of an HTTP request, in the form the WebSocket side shows
+    (signaling.addresses): from X-Forwarded-For when ``trust_proxy`` proxies
+    are trusted and it names one, else the connection's peer."""
+    if trust_proxy:
+        forwarded = request.getHeader(b"x-forwarded-for")
+        if forwarded is not None:
+            client = forwarded_address(forwarded.decode("iso-8859-1"), trust_proxy)
+            if client is not None:
+                return client[0]
+    return socket_address(request.getClientAddress())[0]
+
+
+def _log_field(value: bytes | str | None) -> str:
+    """A value for a quoted field of the access log: no quote, backslash or
+    control character can break the line."""
+    if value is None:
+        return "-"
+    text = value.decode("iso-8859-1") if isinstance(value, bytes) else value
+    return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+def access_log_formatter(trust_proxy: int) -> IAccessLogFormatter:
+    """The Combined Log Format, with the client address as
+    :func:`request_client_address` finds it."""
+
+    @provider(IAccessLogFormatter)
+    def format_line(timestamp: str, request: Request) -> str:
+        return '"{}" - - {} "{} {} {}" {} {} "{}" "{}"'.format(
+            _log_field(request_client_address(request, trust_proxy)),
+            timestamp,
+            _log_field(request.method),
+            _log_field(request.uri),
+            _log_field(request.clientproto),
+            request.code,
+            request.sentLength or "-",
+            _log_field(request.getHeader(b"referer")),
+            _log_field(request.getHeader(b"user-agent")),
+        )
+
+    return cast(IAccessLogFormatter, format_line)
 
 
 def _past_deadline(channel: Any) -> None:
@@ -175,7 +245,13 @@ def build_site(
     root.putChild(b"healthz", HealthResource(factory))
     if serve_metrics:
         root.putChild(b"metrics", MetricsResource(metrics.metrics_registry(factory)))
-    site = SignalingSite(root, factory.clock, factory.limits.handshake_timeout)
+    site = SignalingSite(
+        root,
+        factory.clock,
+        factory.limits.handshake_timeout,
+        trust_proxy=factory.trust_proxy,
+        untrusted_forwarding=factory.untrusted_forwarding,
+    )
     site.noisy = False
     site.timeOut = factory.limits.handshake_timeout or None
     return site

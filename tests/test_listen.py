@@ -10,7 +10,7 @@ import pytest
 from twisted.python import usage
 from websockets.sync.client import connect, unix_connect
 
-from signaling.listen import Listener
+from signaling.listen import Listener, unix_socket_path
 from signaling.tap import Options
 
 from .certs import CertificateAuthority, client_context
@@ -95,6 +95,44 @@ def test_contradictions_are_usage_errors(
 
 def test_twistd_reports_bad_endpoints_without_traceback(tmp_path: Path) -> None:
     assert "not a usable endpoint" in usage_error(tmp_path, "--listen", "tcp:notaport")
+
+
+@pytest.mark.parametrize("option", ["--listen", "--listen-tls", "--metrics-listen", "--manhole"])
+def test_missing_socket_directory_is_one_line_naming_it(
+    tmp_path: Path, tls_files: list[str], option: str
+) -> None:
+    """Outside systemd nothing makes /run/signaling: say so, without a traceback."""
+    missing = tmp_path / "run" / "signaling"
+    description = f"unix:{missing}/signaling.sock:mode=660"
+    extra = {
+        "--listen-tls": tls_files,
+        "--metrics-listen": ["--listen", f"unix:{tmp_path}/main.sock"],
+        "--manhole": ["--manhole-keys", str(tmp_path / "keys")],
+    }.get(option, [])
+    (tmp_path / "keys").write_text("")
+    output = usage_error(tmp_path, option, description, *extra)
+    last = output.strip().splitlines()[-1]
+    assert f"{option} {description}: directory {missing} does not exist" in last
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("description", "path"),
+    [
+        ("unix:/run/signaling/signaling.sock:mode=660", "/run/signaling/signaling.sock"),
+        ("unix:address=/run/a\\:b/s.sock:lockfile=0", "/run/a:b/s.sock"),
+        ("unix:mode=600:address=rel.sock", "rel.sock"),
+        ("tcp:5000:interface=127.0.0.1", None),
+        ("systemd:domain=UNIX:name=signaling", None),
+    ],
+)
+def test_unix_socket_path(description: str, path: str | None) -> None:
+    assert unix_socket_path(description) == path
+
+
+def test_existing_socket_directory_is_accepted(tmp_path: Path) -> None:
+    options = parse("--listen", f"unix:{tmp_path}/signaling.sock")
+    assert options["listeners"] == [Listener(f"unix:{tmp_path}/signaling.sock", tls=False)]
 
 
 def test_one_process_serves_ws_and_wss(tmp_path: Path, tls_files: list[str]) -> None:

@@ -256,7 +256,7 @@ def test_remote_manhole_needs_the_explicit_flag(
         (["--manhole-keys", "KEYS"], "--manhole-keys needs --manhole"),
         (
             ["--manhole", "bogus:2222", "--manhole-remote", "--manhole-keys", "KEYS"],
-            "--manhole bogus:2222 is not a valid endpoint",
+            "--manhole bogus:2222: not a usable endpoint",
         ),
         (
             ["--manhole", "tcp:2222:interface=127.0.0.1", "--manhole-keys", "MISSING"],

@@ -146,7 +146,8 @@ def test_socket_activation(
                 a.join("activated")
                 assert b.join("activated") == [a.id]
                 assert a.expect("new-client") == {"client_id": b.id}
-            server.wait_for(rf"connect \S+ from tcp[46]:{re.escape(address)}:")
+            shown = f"[{address}]" if ":" in address else address  # tcp6:[::1]:PORT
+            server.wait_for(rf"connect \S+ from tcp[46]:{re.escape(shown)}:")
             server.signal(signal.SIGTERM)
             assert "STOPPING=1" in received(notifications)
             assert server.wait_exit() == 0

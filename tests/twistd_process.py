@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -209,3 +210,25 @@ def usage_error(cwd: Path, *args: str, **kwargs: Any) -> str:
     assert result.returncode != 0, output
     assert "Traceback" not in output, output
     return output
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_unix_listening(path: Path, timeout: float = STARTUP_TIMEOUT) -> None:
+    """Wait until a unix socket accepts connections (its file appears at
+    bind, a moment before it listens)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.05)
