@@ -150,7 +150,7 @@ def listen_failure_message(option: str, description: str, error: CannotListenErr
     if option == "--port":
         return (
             f"cannot listen on {place}: {why}; "
-            "choose another port with --port, or other endpoints with --listen"
+            "choose another with --port and --interface, or endpoints with --listen"
         )
     return (
         f"{option} {description}: cannot listen on {place}: {why}; give {option} another endpoint"

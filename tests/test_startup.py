@@ -14,7 +14,7 @@ import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from websockets.sync.client import connect, unix_connect
 
-from signaling.listen import where_clients_connect
+from signaling.listen import Listener, where_clients_connect
 
 from .certs import CertificateAuthority
 from .conftest import TIMEOUT, Client
@@ -61,7 +61,7 @@ def test_a_taken_port_is_one_line_naming_address_port_and_options(tmp_path: Path
     assert line.endswith(
         f"cannot listen on 127.0.0.1 port {port}: Address already in use "
         "(is another server running there?); "
-        "choose another port with --port, or other endpoints with --listen"
+        "choose another with --port and --interface, or endpoints with --listen"
     ), line
 
 
@@ -219,3 +219,10 @@ def test_where_clients_connect_for_each_kind_of_address(
     address: object, secure: bool, demo: bool, line: str
 ) -> None:
     assert where_clients_connect(address, secure, demo) == line  # type: ignore[arg-type]
+
+
+def test_tls_listeners_and_ssl_endpoints_are_secure() -> None:
+    assert Listener("tcp:5443", tls=True).secure
+    assert Listener("ssl:5443:certKey=c.pem:privateKey=k.pem", tls=False).secure
+    assert not Listener("tcp:5000", tls=False).secure
+    assert not Listener("unix:/run/s.sock", tls=False).secure
