@@ -21,6 +21,8 @@ from .conftest import TIMEOUT, Client
 from .test_wss import wss_client
 from .twistd_process import run_once, twistd
 
+#: The simple path's options, on loopback and a free port.
+ON_LOOPBACK = ("--interface", "127.0.0.1", "--port", "0")
 URL_LINE = r"\[signaling\.listen#info\] clients connect to (\S+?)(?:; demo page at (\S+))?$"
 
 
@@ -100,28 +102,14 @@ def test_a_unix_socket_another_server_holds_is_refused(tmp_path: Path) -> None:
 def test_a_taken_metrics_port_is_one_line_too(tmp_path: Path) -> None:
     with taken_tcp_port() as port:
         line = cannot_listen_line(
-            tmp_path,
-            "--interface",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-listen",
-            f"tcp:{port}:interface=127.0.0.1",
+            tmp_path, *ON_LOOPBACK, "--metrics-listen", f"tcp:{port}:interface=127.0.0.1"
         )
     assert f"--metrics-listen tcp:{port}:interface=127.0.0.1: cannot listen on 127.0.0.1" in line
     assert line.endswith("give --metrics-listen another endpoint"), line
 
 
 def test_start_up_says_where_clients_and_browsers_connect(tmp_path: Path) -> None:
-    with twistd(
-        tmp_path,
-        "--interface",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-listen",
-        "tcp:0:interface=127.0.0.1",
-    ) as server:
+    with twistd(tmp_path, *ON_LOOPBACK, "--metrics-listen", "tcp:0:interface=127.0.0.1") as server:
         port, metrics_port = server.ports(2)
         found = server.wait_for(URL_LINE)
         # The bound port, not the 0 asked for.
@@ -142,7 +130,7 @@ def test_start_up_says_where_clients_and_browsers_connect(tmp_path: Path) -> Non
 
 
 def test_without_the_demo_only_the_endpoint_is_named(tmp_path: Path) -> None:
-    with twistd(tmp_path, "--interface", "127.0.0.1", "--port", "0", "--no-demo") as server:
+    with twistd(tmp_path, *ON_LOOPBACK, "--no-demo") as server:
         found = server.wait_for(URL_LINE)
         assert found.groups() == (f"ws://127.0.0.1:{server.port}/connect", None)
 
