@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .logs import ServerLogger
 from .tls import INTERMEDIATE_CIPHERS, ReloadableServerTLS, select_alpn
@@ -26,6 +39,13 @@ class Listener:
 
     description: str
     tls: bool
+    #: The option that asked for it (named in messages about it).
+    option: str = field(default="--port", compare=False)
+
+    @property
+    def secure(self) -> bool:
+        """Whether clients reach it over TLS (``--listen-tls``, or an ``ssl:`` endpoint)."""
+        return self.tls or self.description.split(":", 1)[0] == "ssl"
 
 
 def _fields(description: str) -> list[str]:
@@ -140,16 +160,174 @@ def plan_listeners(options: Mapping[str, Any], simple_description: str) -> list[
             "--tls-cert/--tls-key serve --port or --listen-tls endpoints, and there is "
             "neither; add --listen-tls ENDPOINT (or use an ssl: endpoint with --listen)"
         )
-    listeners = [Listener(d, tls=False) for d in plain] + [Listener(d, tls=True) for d in secure]
+    listeners = [Listener(d, tls=False, option="--listen") for d in plain] + [
+        Listener(d, tls=True, option="--listen-tls") for d in secure
+    ]
     for listener in listeners:
-        option = "--listen-tls" if listener.tls else "--listen"
         if listener.tls and listener.description.split(":", 1)[0] == "ssl":
             raise usage.UsageError(
                 f"--listen-tls {listener.description}: --listen-tls adds TLS itself; "
                 "give a plain endpoint such as tcp:5443, or pass the ssl: one to --listen"
             )
-        check_endpoint(option, listener.description)
+        check_endpoint(listener.option, listener.description)
     return listeners
+
+
+class ListenError(Exception):
+    """An endpoint could not listen; the message says which, why and what to do."""
+
+
+#: Hints for the usual reasons a port cannot be had.
+_HINTS = {
+    errno.EADDRINUSE: "is another server running there?",
+    errno.EACCES: "ports below 1024 need root or CAP_NET_BIND_SERVICE",
+    errno.EADDRNOTAVAIL: "it is not an address of this machine",
+}
+
+
+def listen_failure_message(option: str, description: str, error: CannotListenError) -> str:
+    """One line: where listening failed, why, and which option chooses another place."""
+    where = error.port
+    if isinstance(where, bytes):
+        where = os.fsdecode(where)
+    if error.interface is None and isinstance(where, str):
+        place = f"unix socket {where}"
+    else:
+        place = f"{error.interface or 'every address'} port {where}"
+    cause = error.socketError
+    if isinstance(cause, OSError):
+        why = cause.strerror or str(cause)
+        hint = _HINTS.get(cause.errno or 0)
+        if hint:
+            why += f" ({hint})"
+    elif cause == "Cannot acquire lock":
+        why = "its lock file is held (is another server running there?)"
+    else:
+        why = str(cause)
+    if option == "--port":
+        return (
+            f"cannot listen on {place}: {why}; "
+            "choose another with --port and --interface, or endpoints with --listen"
+        )
+    return (
+        f"{option} {description}: cannot listen on {place}: {why}; give {option} another endpoint"
+    )
+
+
+def _is_local(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return address.is_unspecified or address.is_loopback
+
+
+def address_url(address: IAddress, scheme: str, path: str, *, browser: bool = False) -> str:
+    """``scheme://host:port/path`` on a TCP listener bound to ``address``;
+    ``scheme://localhost/path over the unix socket FILE`` on a unix one.
+
+    With ``browser``, an address on every interface or on loopback is shown
+    as ``localhost``: browsers give the camera to plain-HTTP pages there only.
+    """
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        host = address.host
+        if browser and _is_local(host):
+            host = "localhost"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{address.port}{path}"
+    if isinstance(address, UNIXAddress) and address.name is not None:
+        return f"{scheme}://localhost{path} over the unix socket {os.fsdecode(address.name)}"
+    return f"{scheme}://localhost{path} over {address}"
+
+
+def where_clients_connect(address: IAddress, secure: bool, demo: bool) -> str:
+    """The log line saying where clients connect on a listener bound to ``address``."""
+    ws, http = ("wss", "https") if secure else ("ws", "http")
+    line = f"clients connect to {address_url(address, ws, '/connect')}"
+    if demo and isinstance(address, (IPv4Address, IPv6Address)):
+        line += f"; demo page at {address_url(address, http, '/', browser=True)}"
+    elif demo:
+        line += "; demo page at /"
+    return line
+
+
+def _end_without_traceback(error: BaseException) -> None:
+    """Let ``error`` end the process without Python printing its traceback.
+
+    twistd removes its pid file and re-raises a start-up error; the error
+    itself has been logged as one line already, so the traceback would only
+    bury it.
+    """
+    previous = sys.excepthook
+
+    def hook(
+        kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+    ) -> None:
+        if value is not error:
+            previous(kind, value, traceback)
+
+    sys.excepthook = hook
+
+
+@implementer(IStreamServerEndpoint)
+class _ReportingEndpoint:
+    """An endpoint that tells its service how listening went."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, service: ListeningService) -> None:
+        self.endpoint = endpoint
+        self.service = service
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        listening: Deferred[Any] = self.endpoint.listen(protocolFactory)
+        return listening.addCallbacks(self.service.listening, self.service.not_listening)
+
+
+class ListeningService(StreamServerEndpointService):
+    """Serves a factory on one endpoint description (as ``strports.service``).
+
+    Once listening it logs ``describe(address)``. A failure to listen
+    aborts start-up: it is logged as one line naming ``option`` (the option
+    that chooses another place) and raised as :class:`ListenError`, which
+    ends twistd without a traceback.
+    """
+
+    def __init__(
+        self,
+        option: str,
+        description: str,
+        factory: IProtocolFactory,
+        reactor: Any,
+        describe: Callable[[IAddress], str],
+    ) -> None:
+        endpoint = serverFromString(reactor, description)
+        super().__init__(_ReportingEndpoint(endpoint, self), factory)
+        self.option = option
+        self.description = description
+        self.describe = describe
+        self._error: ListenError | None = None
+
+    def listening(self, port: IListeningPort) -> IListeningPort:
+        _log.info("{listening}", listening=self.describe(port.getHost()))
+        return port
+
+    def not_listening(self, failure: Failure) -> Failure | None:
+        if failure.check(CancelledError):
+            return failure  # stopped before it listened
+        if isinstance(failure.value, CannotListenError):
+            message = listen_failure_message(self.option, self.description, failure.value)
+        else:
+            message = f"{self.option} {self.description}: cannot listen: {failure.value}"
+        _log.error("{problem}", problem=message)
+        self._error = ListenError(message)
+        return None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        error, self._error = self._error, None
+        if error is not None:
+            _end_without_traceback(error)
+            raise error
 
 
 def listening_service(
@@ -157,24 +335,34 @@ def listening_service(
     serving: IProtocolFactory,
     tls: ReloadableServerTLS | None,
     reactor: Any,
+    *,
+    demo: bool = True,
     ciphers: str = INTERMEDIATE_CIPHERS,
-) -> StreamServerEndpointService:
+) -> ListeningService:
     """A service serving ``serving`` on the listener's endpoint (wss with ``tls``).
 
-    A failure to listen aborts start-up.  An ``ssl:`` endpoint gets the same
-    ALPN answer and TLS 1.2 ``ciphers`` as ``tls`` has.
+    A failure to listen aborts start-up; once listening it logs the URL
+    clients connect to (and the demo page's, with ``demo``).  An ``ssl:``
+    endpoint gets the same ALPN answer and TLS 1.2 ``ciphers`` as ``tls`` has.
     """
     factory: Any = serving
     if listener.tls:
         assert tls is not None
         factory = TLSMemoryBIOFactory(tls, False, serving)
-    service = strports.service(listener.description, factory, reactor=reactor)
+    secure = listener.secure
+    service = ListeningService(
+        listener.option,
+        listener.description,
+        factory,
+        reactor,
+        lambda address: where_clients_connect(address, secure, demo),
+    )
     if listener.description.split(":", 1)[0] == "ssl":
-        _apply_tls_policy(service, ciphers)
+        _apply_tls_policy(service.endpoint.endpoint, ciphers)
     return service
 
 
-def _apply_tls_policy(service: StreamServerEndpointService, ciphers: str) -> None:
+def _apply_tls_policy(endpoint: IStreamServerEndpoint, ciphers: str) -> None:
     """Give the context Twisted built for an ``ssl:`` endpoint our ALPN answer
     and cipher list.
 
@@ -183,14 +371,14 @@ def _apply_tls_policy(service: StreamServerEndpointService, ciphers: str) -> Non
     Without it, Twisted's own policy stays, and since Twisted 25 that fails
     every handshake in which the client offers ALPN (browsers, curl).
     """
-    creator = getattr(service.endpoint, "_sslContextFactory", None)
+    creator = getattr(endpoint, "_sslContextFactory", None)
     get_context = getattr(creator, "getContext", None)
     if get_context is None:
         _log.warn(
             "ssl: endpoint {endpoint}: cannot reach its TLS context in this Twisted, "
             "so it keeps Twisted's TLS policy, which may refuse browsers; "
             "use --listen-tls instead",
-            endpoint=service.endpoint,
+            endpoint=endpoint,
         )
         return
     context = get_context()

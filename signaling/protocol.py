@@ -199,6 +199,25 @@ class SignalingProtocol(WebSocketServerProtocol):
                 return
         super().processHandshake()
 
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: list[tuple[str, str]] | None = None
+    ) -> None:
+        if code != 426:
+            super().failHandshake(reason, code, responseHeaders)
+            return
+        # Autobahn's answer to a plain HTTP request for /connect (a probe,
+        # a crawler, the URL opened in a browser). Such requests are
+        # routine, so one debug line instead of Autobahn's info line and its
+        # warning from dropConnection.
+        _log.debug("plain HTTP request for /connect from {peer}: 426", peer=self.peer)
+        self.wasNotCleanReason = reason
+        self.sendHttpErrorResponse(
+            code, reason, [("Upgrade", "websocket"), *(responseHeaders or [])]
+        )
+        self.droppedByMe = True
+        self.state = self.STATE_CLOSED
+        cast(Any, self.transport).loseConnection()
+
     def _refuse_handshake(self, status: int, reason: str) -> None:
         self.factory.stats.refused_handshakes[status] += 1
         self.failHandshake(reason, status)

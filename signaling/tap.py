@@ -6,7 +6,6 @@ import math
 import re
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
@@ -15,7 +14,13 @@ from txaio import tx as txaio_twisted
 from . import __version__
 from .admin import Admin
 from .limits import Limits
-from .listen import check_endpoint, listening_service, plan_listeners
+from .listen import (
+    ListeningService,
+    address_url,
+    check_endpoint,
+    listening_service,
+    plan_listeners,
+)
 from .logs import LEVELS, ServerLogger, set_level
 from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
 from .protocol import SignalingFactory
@@ -441,10 +446,21 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     )
     for listener in config["listeners"]:
         listening_service(
-            listener, serving, config["tls"], reactor, config.tls_ciphers
+            listener,
+            serving,
+            config["tls"],
+            reactor,
+            demo=not config["no-demo"],
+            ciphers=config.tls_ciphers,
         ).setServiceParent(top)
     if metrics_listen:
-        strports.service(metrics_listen, build_metrics_site(factory)).setServiceParent(top)
+        ListeningService(
+            "--metrics-listen",
+            metrics_listen,
+            build_metrics_site(factory),
+            reactor,
+            lambda address: f"metrics at {address_url(address, 'http', '/metrics')}",
+        ).setServiceParent(top)
     interval = config["tls-reload-interval"]
     CertificateReloader(config["tls"], interval, reactor, reactor).setServiceParent(top)
     if config.manhole is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -72,8 +73,14 @@ def test_debug_log_level_logs_each_connection(run_twistd) -> None:
 
 
 def refuse_a_handshake(port: int) -> None:
-    """A plain GET of /connect: Autobahn refuses it (426) and logs it."""
-    assert http_get(port, "/connect")[0] == 426
+    """An upgrade to a WebSocket version Autobahn does not speak: it refuses it and logs it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /connect HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 99\r\n\r\n"
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400 WebSocket version 99 not supported")
 
 
 def test_warn_log_level_hides_info(run_twistd) -> None:
@@ -90,7 +97,35 @@ def test_info_log_level_shows_refused_handshakes(run_twistd) -> None:
     server = run_twistd("--interface", "127.0.0.1", "--port", "0")
     refuse_a_handshake(server.port)
     output = server.stop()
-    assert "failing WebSocket opening handshake ('HTTP Upgrade header missing')" in output
+    assert "failing WebSocket opening handshake ('WebSocket version 99 not supported" in output
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_plain_get_of_connect_is_routine_not_a_warning(run_twistd, level: str) -> None:
+    """Health probes and people trying the URL in a browser: 426, and at
+    most a debug line, however many there are."""
+    server = run_twistd("--interface", "127.0.0.1", "--port", "0", "--log-level", level)
+    mark = server.mark()
+    for _ in range(3):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request("GET", "/connect")
+        response = connection.getresponse()
+        assert response.status == 426 and response.getheader("upgrade") == "websocket"
+        connection.close()
+    assert_serves(server.port)
+    if level == "debug":
+        server.wait_for(
+            r"\[signaling\.protocol#debug\] plain HTTP request for /connect "
+            r"from tcp4:127\.0\.0\.1:\d+: 426$"
+        )
+    output = server.stop()
+    lines = output.splitlines()[mark:]
+    about_it = [
+        line for line in lines if "Upgrade header missing" in line or "request for /connect" in line
+    ]
+    assert all("#debug]" in line for line in about_it), about_it
+    assert len(about_it) == (3 if level == "debug" else 0), about_it
+    assert not [line for line in lines if "#warn]" in line or "#error]" in line], output
 
 
 def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:
@@ -114,16 +149,6 @@ def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], complaint: str) -> None:
     assert complaint in usage_error(tmp_path, *args)
-
-
-def test_bind_failure_aborts_start(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = run_once(tmp_path, "--interface", "127.0.0.1", "--port", str(port))
-    assert result.returncode != 0
-    assert "Address already in use" in result.stdout + result.stderr
 
 
 @pytest.mark.slow

@@ -10,6 +10,10 @@ const micButton = $("toggle-mic");
 const cameraButton = $("toggle-camera");
 const leaveButton = $("leave");
 const params = new URLSearchParams(location.search);
+// A remote tile that has shown no new frame for this long shows the peer's
+// placeholder instead of a black or frozen picture.
+const STALLED_MS = 1000;
+const COPIED_MS = 2000;
 
 function chooseRoom() {
   const fromUrl = params.get("room") || decodeURIComponent(location.hash.slice(1));
@@ -59,22 +63,53 @@ async function openCamera() {
   }
 }
 
+// The circle with an initial that stands in for a peer's video.
+function placeholder(initial, hue) {
+  const box = document.createElement("div");
+  box.className = "placeholder";
+  const avatar = document.createElement("span");
+  avatar.className = "avatar";
+  avatar.textContent = initial;
+  if (hue !== undefined) avatar.style.backgroundColor = `hsl(${hue} 45% 38%)`;
+  const note = document.createElement("span");
+  note.textContent = "No video";
+  box.append(avatar, note);
+  return box;
+}
+
 function tileFor(id) {
   let tile = tiles.querySelector(`[data-peer-id="${CSS.escape(id)}"]`);
   if (!tile) {
+    const name = id.slice(0, 6);
     tile = document.createElement("figure");
-    tile.className = "tile remote";
+    tile.className = "tile remote no-video";
     tile.dataset.peerId = id;
     tile.dataset.state = "new";
     const video = document.createElement("video");
     video.autoplay = true;
     video.playsInline = true;
     const caption = document.createElement("figcaption");
-    caption.textContent = `Peer ${id.slice(0, 6)}`;
-    tile.append(video, caption);
+    caption.textContent = `Peer ${name}`;
+    const initial = (name.match(/[a-z0-9]/i) ?? ["?"])[0].toUpperCase();
+    const hue = [...id].reduce((sum, c) => sum + c.charCodeAt(0), 0) % 360;
+    tile.append(video, placeholder(initial, hue), caption);
     tiles.append(tile);
   }
   return tile;
+}
+
+// Frames decoded per remote tile at the last check, and when that changed.
+const frameCounts = new WeakMap();
+function checkRemoteVideo() {
+  const now = performance.now();
+  for (const tile of tiles.querySelectorAll(".tile.remote")) {
+    const video = tile.querySelector("video");
+    const frames = video.getVideoPlaybackQuality?.().totalVideoFrames ?? 0;
+    const seen = frameCounts.get(tile);
+    if (!seen || seen.frames !== frames) frameCounts.set(tile, { frames, at: now });
+    const live = frames > 0 && now - (frameCounts.get(tile)?.at ?? now) < STALLED_MS;
+    tile.classList.toggle("no-video", !live);
+  }
 }
 
 // Browsers may refuse to autoplay sound; then play muted and offer a button.
@@ -95,13 +130,15 @@ function play(tile) {
   });
 }
 
-function bindToggle(button, track, onLabel, offLabel) {
-  if (!track) return;
+function bindToggle(button, client, kind, onLabel, offLabel, changed = () => {}) {
+  if (!client.isSending(kind)) return;
   button.disabled = false;
   button.onclick = () => {
-    track.enabled = !track.enabled;
-    button.setAttribute("aria-pressed", String(!track.enabled));
-    button.textContent = track.enabled ? onLabel : offLabel;
+    const sending = !client.isSending(kind);
+    client.setSending(kind, sending);
+    button.setAttribute("aria-pressed", String(!sending));
+    button.textContent = sending ? onLabel : offLabel;
+    changed(sending);
   };
 }
 
@@ -110,29 +147,36 @@ async function main() {
   $("room-name").textContent = room;
   const link = `${location.origin}${location.pathname}?room=${encodeURIComponent(room)}`;
   $("room-link").value = link;
+  let copiedTimer;
   $("share").onsubmit = async (event) => {
     event.preventDefault();
     try {
       await navigator.clipboard.writeText(link);
       $("copy-link").textContent = "Copied";
+      clearTimeout(copiedTimer);
+      copiedTimer = setTimeout(() => ($("copy-link").textContent = "Copy link"), COPIED_MS);
     } catch {
       $("room-link").select(); // let the user copy it by hand
     }
   };
 
   const stream = await openCamera();
-  if (stream) {
-    $("local-video").srcObject = stream;
-    bindToggle(micButton, stream.getAudioTracks()[0], "Mute", "Unmute");
-    bindToggle(cameraButton, stream.getVideoTracks()[0], "Camera off", "Camera on");
-  }
-
   const client = new SignalingClient(connectUrl(), {
     room,
     stream,
     trickle: params.get("trickle") !== "0",
   });
   window.demo = { client, stream };
+  const localTile = $("local-tile");
+  if (stream) {
+    $("local-video").srcObject = stream;
+    bindToggle(micButton, client, "audio", "Mute", "Unmute");
+    bindToggle(cameraButton, client, "video", "Camera off", "Camera on", (sending) =>
+      localTile.classList.toggle("no-video", !sending),
+    );
+  }
+  localTile.classList.toggle("no-video", !client.isSending("video"));
+  setInterval(checkRemoteVideo, STALLED_MS / 4);
 
   client.addEventListener("open", () => setProblem("server", null));
   client.addEventListener("peer-joined", ({ detail }) => tileFor(detail.id));
@@ -170,6 +214,7 @@ async function main() {
     client.close();
     stream?.getTracks().forEach((track) => track.stop());
     $("local-video").srcObject = null;
+    localTile.classList.add("no-video");
     micButton.disabled = cameraButton.disabled = true;
     problems.clear();
     showStatus("You left the room.", "info");

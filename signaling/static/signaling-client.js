@@ -57,6 +57,7 @@ export class SignalingClient extends EventTarget {
     this._closed = false;
     this._attempt = 0;
     this._retryTimer = null;
+    this._paused = new Set();
   }
 
   /** This client's id while connected, else null. */
@@ -72,6 +73,29 @@ export class SignalingClient extends EventTarget {
   /** A new Map of peer id to its RTCPeerConnection. */
   get peers() {
     return new Map([...this._peers].map(([id, peer]) => [id, peer.pc]));
+  }
+
+  /**
+   * Stop or resume sending the local `kind` ("audio" or "video") track to
+   * every peer, present and future. A paused track is disabled and its
+   * senders send nothing at all (not black frames or silence), so peers see
+   * its frames stop; the camera or microphone stays open.
+   */
+  setSending(kind, sending) {
+    const track = this.stream?.getTracks().find((t) => t.kind === kind);
+    if (!track) return;
+    track.enabled = sending;
+    if (sending) this._paused.delete(kind);
+    else this._paused.add(kind);
+    for (const peer of this._peers.values()) {
+      const sender = peer.senders.get(kind);
+      if (sender) sender.replaceTrack(sending ? track : null).catch(() => {});
+    }
+  }
+
+  /** Whether the local `kind` track is being sent (see setSending). */
+  isSending(kind) {
+    return !this._paused.has(kind) && Boolean(this.stream?.getTracks().some((t) => t.kind === kind));
   }
 
   /** Open the socket (and join `room` once the server greets us). */
@@ -199,6 +223,7 @@ export class SignalingClient extends EventTarget {
       makingOffer: false,
       ignoreOffer: false,
       mediaAdded: false,
+      senders: new Map(),
       stream: new MediaStream(),
       queue: Promise.resolve(),
     };
@@ -241,8 +266,11 @@ export class SignalingClient extends EventTarget {
     peer.mediaAdded = true;
     for (const kind of KINDS) {
       const track = this.stream?.getTracks().find((t) => t.kind === kind);
-      if (track) peer.pc.addTrack(track, this.stream);
-      else if (offering) peer.pc.addTransceiver(kind, { direction: "recvonly" });
+      if (track) {
+        const sender = peer.pc.addTrack(track, this.stream);
+        peer.senders.set(kind, sender);
+        if (this._paused.has(kind)) sender.replaceTrack(null).catch(() => {});
+      } else if (offering) peer.pc.addTransceiver(kind, { direction: "recvonly" });
     }
   }
 

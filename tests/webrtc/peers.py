@@ -46,7 +46,21 @@ class DemoPage:
     def __init__(self, page: Any) -> None:
         self.page = page
         self.page_errors: list[str] = []
+        #: Errors in the browser console, and requests that failed or got 4xx/5xx.
+        self.console_errors: list[str] = []
+        self.failed_requests: list[str] = []
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        page.on("console", self._console)
+        page.on("response", self._response)
+        page.on("requestfailed", lambda request: self.failed_requests.append(request.url))
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 400:
+            self.failed_requests.append(f"{response.status} {response.url}")
 
     def client_id(self) -> str:
         """Wait until the client has an id from the server; return it."""
