@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from zope.interface import implementer
 
+from .admission import Admission, AdmittingFactory, quiet_accept_errors
 from .tls import ReloadableServerTLS
 
 
@@ -92,14 +95,44 @@ def plan_listeners(options: Mapping[str, Any], simple_description: str) -> list[
 
 
 def listening_service(
-    listener: Listener, serving: IProtocolFactory, tls: ReloadableServerTLS | None, reactor: Any
+    listener: Listener,
+    serving: IProtocolFactory,
+    tls: ReloadableServerTLS | None,
+    reactor: Any,
+    admission: Admission | None = None,
 ) -> StreamServerEndpointService:
     """A service serving ``serving`` on the listener's endpoint (wss with ``tls``).
 
+    With ``admission``, it decides which accepted connections stay, and
+    the port's accept errors are counted and seldom logged.
     A failure to listen aborts start-up.
     """
     factory: Any = serving
     if listener.tls:
         assert tls is not None
         factory = TLSMemoryBIOFactory(tls, False, serving)
-    return strports.service(listener.description, factory, reactor=reactor)
+    if admission is None:
+        return strports.service(listener.description, factory, reactor=reactor)
+    service = strports.service(
+        listener.description, AdmittingFactory(factory, admission), reactor=reactor
+    )
+
+    def count_accept_error() -> None:
+        admission.shed["accept_error"] += 1
+
+    service.endpoint = _OnListening(
+        service.endpoint, lambda port: quiet_accept_errors(port, reactor, count_accept_error)
+    )
+    return service
+
+
+@implementer(IStreamServerEndpoint)
+class _OnListening:
+    """An endpoint that passes the port it listens on through ``prepare``."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, prepare: Callable[[Any], Any]) -> None:
+        self.endpoint = endpoint
+        self.prepare = prepare
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        return self.endpoint.listen(protocolFactory).addCallback(self.prepare)

@@ -64,6 +64,12 @@ class SignalingCollector(Collector):
             "status",
             {str(k): v for k, v in stats.refused_handshakes.items()},
         )
+        yield _by_label(
+            "signaling_connections_shed",
+            "Connections closed before their handshake by an admission limit, by reason.",
+            "reason",
+            factory.admission.shed,
+        )
         yield CounterMetricFamily(
             "signaling_received_bytes", "Message payload bytes received.", stats.bytes_in
         )
