@@ -270,6 +270,9 @@ class AdmittingFactory(Factory):
         return cast(Protocol | None, self.wrapped.buildProtocol(addr))
 
 
+#: Seconds a port stops accepting after an accept error it cannot recover from.
+ACCEPT_PAUSE = 0.1
+
 #: Twisted's accept-loop events that report a connection it could not take.
 _ACCEPT_FAILURES = ("Could not accept new connection", "EMFILE recovery: Closed socket")
 
@@ -279,7 +282,12 @@ class AcceptErrorLog:
     """A port's log observer: accept errors (out of descriptors: EMFILE,
     ENFILE, ...) and the connections closed to recover from them are
     counted, and reported in at most one line per ``interval`` seconds,
-    instead of one line per connection attempt. Other events pass on."""
+    instead of one line per connection attempt. Other events pass on.
+
+    ``pause`` is called on a failure that leaves the connection waiting
+    (ENFILE, ENOBUFS, ENOMEM; Twisted recovers from EMFILE itself by closing
+    it): otherwise the port, still readable, would be tried again at once.
+    """
 
     def __init__(
         self,
@@ -287,11 +295,13 @@ class AcceptErrorLog:
         count: Callable[[], None],
         interval: float = 60.0,
         forward: Callable[[dict[str, Any]], None] | None = None,
+        pause: Callable[[], None] | None = None,
     ) -> None:
         self.clock = clock
         self.count = count
         self.interval = interval
         self.forward = forward
+        self.pause = pause
         self._unreported = 0
         self._quiet_until = 0.0
         self._report: Any = None
@@ -304,14 +314,19 @@ class AcceptErrorLog:
             return
         if not text.startswith(_ACCEPT_FAILURES):
             return  # Twisted's notes on releasing and re-taking its spare descriptor
+        error = event.get("acceptError", "EMFILE")
+        if error == "ECONNABORTED":
+            return  # the client gave up before it was accepted: nothing to report
         self.count()
+        if self.pause is not None and "acceptError" in event:
+            self.pause()
         now = self.clock.seconds()
         if now >= self._quiet_until:
             self._quiet_until = now + self.interval
             _log.warn(
                 "could not accept a connection ({error}); such failures are counted "
                 "in /metrics and logged at most once every {interval:g} s",
-                error=event.get("acceptError", "EMFILE"),
+                error=error,
                 interval=self.interval,
             )
             return
@@ -339,7 +354,23 @@ def quiet_accept_errors(port: Any, clock: IReactorTime, count: Callable[[], None
     without one are left as they are.
     """
     logger = getattr(port, "_logger", None)
-    if isinstance(logger, Logger):
-        observer = AcceptErrorLog(clock, count, forward=logger.observer)
-        port._logger = Logger(namespace=logger.namespace, observer=observer)
+    if not isinstance(logger, Logger):
+        return port
+    paused = False
+
+    def pause() -> None:
+        nonlocal paused
+        if not paused and port.connected:
+            paused = True
+            port.stopReading()
+            clock.callLater(ACCEPT_PAUSE, resume)
+
+    def resume() -> None:
+        nonlocal paused
+        paused = False
+        if port.connected:
+            port.startReading()
+
+    observer = AcceptErrorLog(clock, count, forward=logger.observer, pause=pause)
+    port._logger = Logger(namespace=logger.namespace, observer=observer)
     return port

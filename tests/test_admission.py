@@ -15,8 +15,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent
+from websockets.exceptions import InvalidMessage
 from websockets.sync.client import connect
+
+from signaling.admission import AcceptErrorLog
 
 from .twistd_process import ServerProcess, twistd
 
@@ -68,6 +74,18 @@ def idle_connection(port: int, source: str) -> socket.socket | None:
         sock.close()
         return None
     return sock
+
+
+@contextlib.contextmanager
+def idle_connections(port: int, source: str, count: int) -> Iterator[list[socket.socket | None]]:
+    """``count`` idle connections from ``source``, opened one after another."""
+    connections = [idle_connection(port, source) for _ in range(count)]
+    try:
+        yield connections
+    finally:
+        for sock in connections:
+            if sock is not None:
+                sock.close()
 
 
 def closed_by_server(connections: list[socket.socket | None], wanted: int) -> int:
@@ -212,18 +230,13 @@ def test_idle_connections_from_one_address_cannot_crowd_out_others(tmp_path: Pat
         ) as server,
     ):
         port = server.port
-        flood = [idle_connection(port, "127.0.0.2") for _ in range(300)]
-        try:
+        with idle_connections(port, "127.0.0.2", 300) as flood:
             # The oldest idle connections of that address are closed to keep it at 20.
             assert closed_by_server(flood, 280) >= 280
             for _ in range(5):
                 honest_handshake(port)
-            shed = metric(port, "signaling_connections_shed_total", 'reason="pending_per_address"')
-            assert shed >= 280
-        finally:
-            for sock in flood:
-                if sock is not None:
-                    sock.close()
+        shed = metric(port, "signaling_connections_shed_total", 'reason="pending_per_address"')
+        assert shed >= 280
 
 
 def test_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
@@ -241,19 +254,12 @@ def test_connection_rate_per_address_closes_the_excess_at_once(tmp_path: Path) -
         tmp_path, "--handshake-timeout", "60", "--connect-rate", "5", "--connect-burst", "20"
     ) as server:
         port = server.port
-        flood = [idle_connection(port, "127.0.0.2") for _ in range(200)]
-        try:
+        with idle_connections(port, "127.0.0.2", 200) as flood:
             assert closed_by_server(flood, 150) >= 150
-            started = time.monotonic()
             for _ in range(5):
                 honest_handshake(port)  # another address is not limited
-            assert time.monotonic() - started < 10
-            shed = metric(port, "signaling_connections_shed_total", 'reason="connect_rate"')
-            assert shed >= 150
-        finally:
-            for sock in flood:
-                if sock is not None:
-                    sock.close()
+        shed = metric(port, "signaling_connections_shed_total", 'reason="connect_rate"')
+        assert shed >= 150
 
 
 def test_error_replies_are_counted_but_logged_a_few_times_a_minute(tmp_path: Path) -> None:
@@ -298,3 +304,69 @@ def test_healthz_only_at_its_path_and_503_says_when_to_retry(tmp_path: Path) -> 
         assert b"\r\nRetry-After: 5\r\n" in response
         with connect(f"ws://127.0.0.1:{port}/connect", proxy=None, open_timeout=10) as ws:
             assert ws.response.headers["Server"] == "signaling"
+
+
+def test_accept_errors_are_counted_and_logged_once(tmp_path: Path) -> None:
+    # No reserve and no caps: the flood runs the server out of descriptors.
+    with (
+        enough_open_files(4096),
+        serve(
+            tmp_path,
+            "--handshake-timeout",
+            "30",
+            "--fd-reserve",
+            "0",
+            "--max-pending-per-address",
+            "0",
+            "--connect-rate",
+            "0",
+            wrapper=with_open_files(64, 64),
+        ) as server,
+    ):
+        port = server.port
+        mark = server.mark()
+        with Flood(port, ["127.0.0.2"], keep=200) as flood:
+            flood.wait_opened(1000)
+        # The flood's connections are closed: descriptors are free again soon.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                honest_handshake(port)
+                break
+            except (OSError, InvalidMessage):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert metric(port, "signaling_connections_shed_total", 'reason="accept_error"') > 0
+        logged = "".join(server.output.splitlines(keepends=True)[mark:])
+        assert logged.count("could not accept a connection (EMFILE)") == 1, logged[-4000:]
+        assert "EMFILE recovery" not in logged
+        assert "Could not accept" not in logged
+
+
+def test_accept_error_log_counts_pauses_and_sums_up(info_events: list[dict[str, Any]]) -> None:
+    clock = Clock()
+    counted: list[None] = []
+    paused: list[None] = []
+    forwarded: list[dict[str, Any]] = []
+    observe = AcceptErrorLog(
+        clock,
+        lambda: counted.append(None),
+        forward=forwarded.append,
+        pause=lambda: paused.append(None),
+    )
+    failure = {"log_format": "Could not accept new connection ({acceptError})"}
+    for _ in range(10):
+        observe({**failure, "acceptError": "ENFILE"})
+    observe({**failure, "acceptError": "ECONNABORTED"})  # the client's doing
+    observe({"log_format": "EMFILE recovery: Closed socket from {address}", "address": "x"})
+    observe({"log_format": "Re-reserving EMFILE recovery file descriptor."})
+    observe({"log_format": "something else"})
+    assert (len(counted), len(paused)) == (11, 10)
+    assert [event["log_format"] for event in forwarded] == ["something else"]
+    [first] = [formatEvent(event) for event in info_events]
+    assert first.startswith("could not accept a connection (ENFILE)")
+    clock.advance(60)
+    assert formatEvent(info_events[-1]) == (
+        "10 more connections could not be accepted in the last 60 s"
+    )
+    assert len(info_events) == 2
