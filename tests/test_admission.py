@@ -17,12 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 from websockets.exceptions import InvalidMessage
 from websockets.sync.client import connect
 
-from signaling.admission import AcceptErrorLog
+from signaling.admission import AcceptErrorLog, Admission
+from signaling.limits import Limits
 
 from .twistd_process import ServerProcess, twistd
 
@@ -370,3 +372,78 @@ def test_accept_error_log_counts_pauses_and_sums_up(info_events: list[dict[str, 
         "10 more connections could not be accepted in the last 60 s"
     )
     assert len(info_events) == 2
+
+
+def test_pending_connections_cap_closes_the_busiest_address_oldest(tmp_path: Path) -> None:
+    with (
+        enough_open_files(4096),
+        serve(
+            tmp_path,
+            "--handshake-timeout",
+            "30",
+            "--max-pending-connections",
+            "40",
+            "--max-pending-per-address",
+            "0",
+            "--connect-rate",
+            "0",
+        ) as server,
+    ):
+        port = server.port
+        with (
+            idle_connections(port, "127.0.0.3", 5) as few,
+            idle_connections(port, "127.0.0.2", 100) as many,
+        ):
+            assert closed_by_server(many, 65) >= 65
+            for _ in range(5):
+                honest_handshake(port)
+            # The five from the other address were never the busiest.
+            assert closed_by_server(few, 1) == 0
+        shed = metric(port, "signaling_connections_shed_total", 'reason="pending"')
+        assert shed >= 65
+
+
+class FakeTransport:
+    disconnected = False
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.aborted = False
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", self.host, 1)
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.disconnected = True
+
+
+def test_descriptor_reserve_evicts_from_the_busiest_address_then_refuses() -> None:
+    clock = Clock()
+    admission = Admission(Limits(fd_reserve=10), clock, fd_limit=100)
+    flood = [FakeTransport("192.0.2.1") for _ in range(5)]
+    client = FakeTransport("198.51.100.7")
+    for fd, transport in enumerate([*flood, client], start=80):
+        assert admission.hold(transport, transport.getPeer(), fd)  # below 90: no eviction
+    newcomer = FakeTransport("203.0.113.9")
+    assert admission.hold(newcomer, newcomer.getPeer(), 90)  # into the reserve
+    assert [t.aborted for t in flood] == [True, False, False, False, False]
+    more = FakeTransport("192.0.2.1")
+    assert admission.hold(more, more.getPeer(), 95)
+    assert [t.aborted for t in flood] == [True, True, False, False, False]
+    assert not (client.aborted or newcomer.aborted)
+    # Deep in the reserve (its upper half), addresses with connections
+    # pending are refused at accept, new ones still get in...
+    assert not admission.admit(IPv4Address("TCP", "192.0.2.1", 2))
+    assert admission.admit(IPv4Address("TCP", "192.0.2.200", 2))
+    late = FakeTransport("192.0.2.200")
+    assert admission.hold(late, late.getPeer(), 98)
+    # ...until its last quarter, for the rest of this reactor turn.
+    assert not admission.admit(IPv4Address("TCP", "192.0.2.201", 2))
+    clock.advance(0)  # the aborted connections have closed
+    assert admission.admit(IPv4Address("TCP", "192.0.2.201", 2))
+    # With nothing pending to close, a connection in the reserve is refused.
+    admission.release(client)
+    for transport in list(admission.pending):
+        admission.release(transport)
+    assert not admission.hold(client, client.getPeer(), 95)
