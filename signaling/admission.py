@@ -10,12 +10,12 @@ and the admin console still get in:
   once, before any byte is read;
 - caps on *pending* connections, those that are not (yet) WebSockets
   (``--max-pending-connections``, ``--max-pending-per-address``): beyond
-  them the oldest pending connection (of that address, or of all) is
-  closed to make room for the new one;
-- a reserve of descriptors (``--fd-reserve``): once a new connection's
-  descriptor is among the last ones under the process's limit, the oldest
-  pending connection is closed to make room for it, or, with none pending,
-  the new one is.
+  them the oldest pending connection of that address, or of the address
+  with the most pending, is closed to make room for the new one;
+- a reserve of descriptors (``--fd-reserve``, at most a quarter of the
+  process's limit): once a new connection's descriptor is among the last
+  ones under that limit, a pending connection is closed the same way to
+  make room for it, or, with none pending, the new one is.
 
 The per-address parts key on the peer's IP address. Unix sockets have none,
 and behind ``--trust-proxy`` every connection comes from a proxy, so there
@@ -94,8 +94,9 @@ class Admission:
         self.clock = clock
         self.per_address = per_address
         limit = open_files_limit() if fd_limit is None else fd_limit
+        reserve = min(limits.fd_reserve, limit // 4)
         #: Descriptors from this number on are the reserve (0: no check).
-        self.fd_threshold = max(limit - limits.fd_reserve, 1) if limit else 0
+        self.fd_threshold = limit - reserve if limit else 0
         self.shed: Counter[str] = Counter()
         #: Pending connections, oldest first, with their address key ("" for
         #: none); ``_groups`` has them by that key, each group oldest first.
@@ -105,8 +106,8 @@ class Admission:
         #: then); from ``_fd_stop`` on, admit() refuses the addresses that
         #: have connections pending, from ``_fd_ceiling`` on every address.
         self._last_fd = -1
-        self._fd_stop = self.fd_threshold + limits.fd_reserve // 2
-        self._fd_ceiling = self.fd_threshold + limits.fd_reserve * 3 // 4
+        self._fd_stop = self.fd_threshold + reserve // 2
+        self._fd_ceiling = self.fd_threshold + reserve * 3 // 4
         self._recheck: IDelayedCall | None = None
         self._buckets: dict[str, RateLimiter] = {}
         self._sweep_at = 1024
