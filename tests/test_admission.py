@@ -172,9 +172,15 @@ def enough_open_files(wanted: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+#: Turns off the limits that count by address.
+NO_PER_ADDRESS_LIMITS = ("--max-pending-per-address", "0", "--connect-rate", "0")
+
+
 def serve(
     tmp_path: Path, *args: str, wrapper: list[str] | None = None
 ) -> contextlib.AbstractContextManager[ServerProcess]:
+    """The server on 127.0.0.1, with a handshake deadline far longer than
+    any test's waits: connections closed early are closed by admission."""
     return twistd(
         tmp_path,
         "--interface",
@@ -182,6 +188,8 @@ def serve(
         "--port",
         "0",
         "--no-demo",
+        "--handshake-timeout",
+        "30",
         *args,
         wrapper=wrapper,
     )
@@ -194,7 +202,7 @@ def test_honest_clients_get_in_while_idle_connections_exhaust_descriptors(
     # addresses keep far more idle connections open than that.
     with (
         enough_open_files(8192),
-        serve(tmp_path, "--handshake-timeout", "30", wrapper=with_open_files(256, 256)) as server,
+        serve(tmp_path, wrapper=with_open_files(256, 256)) as server,
     ):
         port = server.port
         size_before = len(server.output)
@@ -222,8 +230,6 @@ def test_idle_connections_from_one_address_cannot_crowd_out_others(tmp_path: Pat
         enough_open_files(4096),
         serve(
             tmp_path,
-            "--handshake-timeout",
-            "30",
             "--max-pending-per-address",
             "20",
             "--connect-rate",
@@ -314,14 +320,9 @@ def test_accept_errors_are_counted_and_logged_once(tmp_path: Path) -> None:
         enough_open_files(4096),
         serve(
             tmp_path,
-            "--handshake-timeout",
-            "30",
             "--fd-reserve",
             "0",
-            "--max-pending-per-address",
-            "0",
-            "--connect-rate",
-            "0",
+            *NO_PER_ADDRESS_LIMITS,
             wrapper=with_open_files(64, 64),
         ) as server,
     ):
@@ -379,14 +380,9 @@ def test_pending_connections_cap_closes_the_busiest_address_oldest(tmp_path: Pat
         enough_open_files(4096),
         serve(
             tmp_path,
-            "--handshake-timeout",
-            "30",
             "--max-pending-connections",
             "40",
-            "--max-pending-per-address",
-            "0",
-            "--connect-rate",
-            "0",
+            *NO_PER_ADDRESS_LIMITS,
         ) as server,
     ):
         port = server.port
