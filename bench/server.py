@@ -36,6 +36,12 @@ BENCH_OPTIONS = [
     "1000000",
     "--rate-burst",
     "1000000",
+    "--connect-rate",
+    "0",
+    "--max-pending-per-address",
+    "0",
+    "--max-pending-connections",
+    "0",
 ]
 
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -28,6 +28,12 @@ class Limits:
     join_timeout: float = 30.0
     handshake_timeout: float = 10.0
     max_handshake_size: int = 16 * KIB
+    max_pending_connections: int = 1024
+    max_pending_per_address: int = 32
+    connect_rate: float = 20.0
+    connect_burst: int = 100
+    fd_reserve: int = 64
+    client_log_rate: int = 20
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -61,3 +67,7 @@ class RateLimiter:
         self._tokens = tokens - 1.0
         self.strikes = 0
         return True
+
+    def is_full(self, now: float) -> bool:
+        """Whether the bucket would hold ``burst`` tokens at ``now``."""
+        return self._tokens + max(0.0, now - self._stamp) * self.rate >= self.burst

@@ -27,6 +27,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .admission import Admission, AdmittingFactory, quiet_accept_errors
 from .logs import ServerLogger
 from .tls import INTERMEDIATE_CIPHERS, ReloadableServerTLS, select_alpn
 
@@ -335,6 +336,7 @@ def listening_service(
     serving: IProtocolFactory,
     tls: ReloadableServerTLS | None,
     reactor: Any,
+    admission: Admission | None = None,
     *,
     demo: bool = True,
     ciphers: str = INTERMEDIATE_CIPHERS,
@@ -344,11 +346,15 @@ def listening_service(
     A failure to listen aborts start-up; once listening it logs the URL
     clients connect to (and the demo page's, with ``demo``).  An ``ssl:``
     endpoint gets the same ALPN answer and TLS 1.2 ``ciphers`` as ``tls`` has.
+    With ``admission``, it decides which accepted connections stay, and the
+    port's accept errors are counted and seldom logged.
     """
     factory: Any = serving
     if listener.tls:
         assert tls is not None
         factory = TLSMemoryBIOFactory(tls, False, serving)
+    if admission is not None:
+        factory = AdmittingFactory(factory, admission)
     secure = listener.secure
     service = ListeningService(
         listener.option,
@@ -357,8 +363,17 @@ def listening_service(
         reactor,
         lambda address: where_clients_connect(address, secure, demo),
     )
+    reporting = service.endpoint  # the endpoint, wrapped to report on listening
     if listener.description.split(":", 1)[0] == "ssl":
-        _apply_tls_policy(service.endpoint.endpoint, ciphers)
+        _apply_tls_policy(reporting.endpoint, ciphers)
+    if admission is not None:
+
+        def count_accept_error() -> None:
+            admission.shed["accept_error"] += 1
+
+        reporting.endpoint = _OnListening(
+            reporting.endpoint, lambda port: quiet_accept_errors(port, reactor, count_accept_error)
+        )
     return service
 
 
@@ -384,3 +399,15 @@ def _apply_tls_policy(endpoint: IStreamServerEndpoint, ciphers: str) -> None:
     context = get_context()
     context.set_alpn_select_callback(select_alpn)
     context.set_cipher_list(ciphers.encode("ascii"))
+
+
+@implementer(IStreamServerEndpoint)
+class _OnListening:
+    """An endpoint that passes the port it listens on through ``prepare``."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, prepare: Callable[[Any], Any]) -> None:
+        self.endpoint = endpoint
+        self.prepare = prepare
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        return self.endpoint.listen(protocolFactory).addCallback(self.prepare)

@@ -64,6 +64,12 @@ class SignalingCollector(Collector):
             "status",
             {str(k): v for k, v in stats.refused_handshakes.items()},
         )
+        yield _by_label(
+            "signaling_connections_shed",
+            "Connections closed before their handshake by an admission limit, by reason.",
+            "reason",
+            factory.admission.shed,
+        )
         yield CounterMetricFamily(
             "signaling_untrusted_forwarded_requests",
             "Requests that carried X-Forwarded-For or Forwarded while --trust-proxy is 0 "

@@ -29,10 +29,11 @@ from zope.interface import implementer
 
 from . import messages
 from .addresses import forwarded_address, socket_address
+from .admission import RETRY_AFTER, Admission
 from .framing import GENERAL, NEED_MORE, next_frame, text_frame
 from .handshake import CONNECT_PATH, PlainUpgrade, plain_upgrade
 from .limits import Limits, RateLimiter
-from .logs import ServerLogger
+from .logs import LogBudget, ServerLogger
 from .messages import Join, NotUtf8, ProtocolError, Relay
 from .origin import OriginPolicy
 from .registry import AlreadyInRoom, Room, RoomFull, RoomRegistry, TooManyRooms, new_client_id
@@ -126,6 +127,14 @@ class SignalingProtocol(WebSocketServerProtocol):
         super().connectionMade()
         factory = self.factory
         self.peer, self.limit_key = socket_address(cast(ITransport, self.transport).getPeer())
+        transport: Any = self.transport
+        fileno = getattr(transport, "fileno", None)
+        if not factory.admission.hold(transport, transport.getPeer(), fileno() if fileno else -1):
+            _log.debug("no descriptor to spare for {peer}", peer=self.peer)
+            self.droppedByMe = True
+            self.state = self.STATE_CLOSED
+            transport.abortConnection()
+            return
         self._accepted_at = factory.clock.seconds()
         timeout = factory.limits.handshake_timeout
         if timeout > 0:
@@ -148,6 +157,8 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.client_id:
+            if self.transport is not None:
+                self.factory.admission.release(cast(ITransport, self.transport))
             # Never opened: Autobahn would log a failed TLS handshake (a
             # scanner, plain HTTP on the wss port) as an error.
             if reason.check(SSL.Error):
@@ -199,28 +210,37 @@ class SignalingProtocol(WebSocketServerProtocol):
                 return
         super().processHandshake()
 
-    def failHandshake(
-        self, reason: str, code: int = 400, responseHeaders: list[tuple[str, str]] | None = None
-    ) -> None:
-        if code != 426:
-            super().failHandshake(reason, code, responseHeaders)
-            return
-        # Autobahn's answer to a plain HTTP request for /connect (a probe,
-        # a crawler, the URL opened in a browser). Such requests are
-        # routine, so one debug line instead of Autobahn's info line and its
-        # warning from dropConnection.
-        _log.debug("plain HTTP request for /connect from {peer}: 426", peer=self.peer)
-        self.wasNotCleanReason = reason
-        self.sendHttpErrorResponse(
-            code, reason, [("Upgrade", "websocket"), *(responseHeaders or [])]
-        )
-        self.droppedByMe = True
-        self.state = self.STATE_CLOSED
-        cast(Any, self.transport).loseConnection()
-
     def _refuse_handshake(self, status: int, reason: str) -> None:
         self.factory.stats.refused_handshakes[status] += 1
         self.failHandshake(reason, status)
+
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Autobahn's, with one line in the log where it writes two (an info
+        line, and a warning as it drops the connection), within the budget
+        for client-caused lines; and a 503 says when to come back.
+
+        A plain HTTP request for /connect (a probe, a crawler, the URL opened
+        in a browser) is routine: 426 with ``Upgrade``, logged at debug."""
+        headers = list(responseHeaders or ())
+        if code == 426:
+            _log.debug("plain HTTP request for /connect from {peer}: 426", peer=self.peer)
+            headers.insert(0, ("Upgrade", "websocket"))
+        elif self.factory.log_budget.allow("failed handshake"):
+            _log.info(
+                "failing WebSocket opening handshake ('{reason}') from {peer}: {code}",
+                reason=reason,
+                peer=self.peer,
+                code=code,
+            )
+        self.wasNotCleanReason = reason
+        if code == 503:
+            headers.append(("Retry-After", str(RETRY_AFTER)))
+        self.sendHttpErrorResponse(code, reason, headers)
+        self.droppedByMe = True
+        self.state = self.STATE_CLOSED
+        cast(Any, self.transport).loseConnection()
 
     def _open_plain(self, upgrade: PlainUpgrade, end: int) -> bool:
         """Do what Autobahn's processHandshake and succeedHandshake do for a
@@ -355,11 +375,11 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def _refuse(self, status: int, reason: str) -> None:
         self.factory.stats.refused_handshakes[status] += 1
-        _log.info("refused {address}: {reason}", address=self.peer, reason=reason)
         raise ConnectionDeny(status, reason)
 
     def onOpen(self) -> None:
         factory = self.factory
+        factory.admission.release(cast(ITransport, self.transport))
         self.client_id = client_id = new_client_id()
         self.connected_at = self._last_seen = now = factory.clock.seconds()
         factory.clients[client_id] = self
@@ -626,10 +646,12 @@ class SignalingProtocol(WebSocketServerProtocol):
     def send_error(
         self, code: str, text: str, in_reply_to: str | None = None, **details: Any
     ) -> None:
-        self.factory.stats.errors[code] += 1
-        _log.info(
-            "error {client_id} {code}: {text}", client_id=self.client_id, code=code, text=text
-        )
+        factory = self.factory
+        factory.stats.errors[code] += 1
+        if factory.log_budget.allow("error"):
+            _log.info(
+                "error {client_id} {code}: {text}", client_id=self.client_id, code=code, text=text
+            )
         if in_reply_to is not None:
             details["in_reply_to"] = in_reply_to
         self.send_frame(messages.error(code, text, **details))
@@ -654,7 +676,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     def _rate_limited(self, limiter: RateLimiter) -> None:
         strikes = self.factory.limits.rate_limit_strikes
         if strikes and limiter.strikes >= strikes:
-            _log.info("rate limit: closing {client_id}", client_id=self.client_id)
+            if self.factory.log_budget.allow("rate limit"):
+                _log.info("rate limit: closing {client_id}", client_id=self.client_id)
             self.close_with(CLOSE_POLICY, "rate limit exceeded")
             return
         self.send_error(
@@ -675,11 +698,12 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def _drop_slow_consumer(self) -> None:
         self.factory.stats.slow_consumers += 1
-        _log.info(
-            "slow consumer {client_id}: more than {limit} bytes queued; closing",
-            client_id=self.client_id,
-            limit=self.factory.limits.max_send_buffer,
-        )
+        if self.factory.log_budget.allow("slow consumer"):
+            _log.info(
+                "slow consumer {client_id}: more than {limit} bytes queued; closing",
+                client_id=self.client_id,
+                limit=self.factory.limits.max_send_buffer,
+            )
         # Not now: this runs inside a delivery, possibly in the middle of a
         # registry operation on this client's room.
         self._dropping = True
@@ -724,7 +748,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             return
         self._keepalive = None
         self.factory.stats.keepalive_timeouts += 1
-        _log.info("keepalive timeout {client_id}", client_id=self.client_id)
+        if self.factory.log_budget.allow("keepalive timeout"):
+            _log.info("keepalive timeout {client_id}", client_id=self.client_id)
         self.wasClean = False
         self.wasNotCleanReason = "no answer to a keepalive ping"
         self.dropConnection(abort=True)
@@ -792,6 +817,12 @@ class SignalingFactory(WebSocketServerFactory):
         #: Where requests for other paths than /connect go (``web.listening_factory``).
         self.http_site: HTTPFallback | None = None
         self.address_counts: Counter[str] = Counter()
+        #: Caps on connections that are not (yet) WebSockets; see signaling.admission.
+        self.admission = Admission(limits, clock, per_address=not trust_proxy)
+        #: Bounds the log lines that clients can cause.
+        self.log_budget = LogBudget(clock, limits.client_log_rate)
+        #: Leave versions out of the Server header and /healthz (--hide-version).
+        self.hide_version = False
         self.setProtocolOptions(
             maxMessagePayloadSize=limits.max_message_size,
             maxFramePayloadSize=limits.max_message_size,
@@ -824,6 +855,11 @@ class SignalingFactory(WebSocketServerFactory):
                 "and share its --max-connections-per-address; give --trust-proxy N when N "
                 "proxies of yours are in front"
             )
+
+    def hide_versions(self) -> None:
+        """Name no versions: ``Server: signaling``, and no version in /healthz."""
+        self.hide_version = True
+        self.server = "signaling"
 
     def startFactory(self) -> None:
         super().startFactory()

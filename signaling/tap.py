@@ -13,6 +13,7 @@ from txaio import tx as txaio_twisted
 
 from . import __version__
 from .admin import Admin
+from .admission import raise_open_files_limit
 from .limits import Limits
 from .listen import (
     ListeningService,
@@ -260,6 +261,53 @@ class Options(usage.Options):
             _positive_int,
         ],
         [
+            "max-pending-connections",
+            None,
+            _DEFAULTS.max_pending_connections,
+            "Most connections that are not WebSockets (yet): handshakes under way and "
+            "plain HTTP; beyond it the oldest of them is closed.",
+            _count,
+        ],
+        [
+            "max-pending-per-address",
+            None,
+            _DEFAULTS.max_pending_per_address,
+            "Most such connections from one client address; beyond it that "
+            "address's oldest is closed.",
+            _count,
+        ],
+        [
+            "connect-rate",
+            None,
+            _DEFAULTS.connect_rate,
+            "New connections a second one client address may open on average; "
+            "beyond it (and --connect-burst) they are closed at once.",
+            _rate,
+        ],
+        [
+            "connect-burst",
+            None,
+            _DEFAULTS.connect_burst,
+            "New connections one client address may open in a burst above --connect-rate.",
+            _positive_int,
+        ],
+        [
+            "fd-reserve",
+            None,
+            _DEFAULTS.fd_reserve,
+            "File descriptors kept free under the process's limit: a connection that "
+            "would take one of them closes the oldest pending connection (or itself).",
+            _count,
+        ],
+        [
+            "client-log-rate",
+            None,
+            _DEFAULTS.client_log_rate,
+            "Log lines a minute for each kind of event clients cause (error replies, "
+            "refused handshakes, ...); the rest are counted in /metrics.",
+            _count,
+        ],
+        [
             "metrics-listen",
             None,
             None,
@@ -292,6 +340,11 @@ class Options(usage.Options):
             "no-demo",
             None,
             "Serve only the WebSocket endpoint: no demo page at / or files under /static/.",
+        ],
+        [
+            "hide-version",
+            None,
+            "Name no versions: 'Server: signaling' and no version in /healthz.",
         ],
         [
             "manhole-remote",
@@ -410,6 +463,12 @@ class Options(usage.Options):
             join_timeout=self["join-timeout"],
             handshake_timeout=self["handshake-timeout"],
             max_handshake_size=self["max-handshake-size"],
+            max_pending_connections=self["max-pending-connections"],
+            max_pending_per_address=self["max-pending-per-address"],
+            connect_rate=self["connect-rate"],
+            connect_burst=self["connect-burst"],
+            fd_reserve=self["fd-reserve"],
+            client_log_rate=self["client-log-rate"],
             allowed_origins=tuple(self["allowed-origin"]),
         )
 
@@ -424,6 +483,11 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     # debug output, which describes every frame.
     txaio_twisted.set_global_log_level("info" if level == "debug" else level)
     tune_gc()
+    before, after = raise_open_files_limit()
+    if after != before:
+        _log.info("open files limit raised from {before} to {after}", before=before, after=after)
+    else:
+        _log.info("open files limit: {limit}", limit=after)
     speedups = native_speedups()
     if all(speedups.values()):
         _log.info("native speedups active: {speedups}", speedups=", ".join(speedups))
@@ -436,6 +500,8 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     factory = SignalingFactory(
         clock=reactor, limits=config.limits, trust_proxy=config["trust-proxy"]
     )
+    if config["hide-version"]:
+        factory.hide_versions()
     # Services stop in reverse order: the listeners before the drain.
     GracefulShutdown(
         factory, config["shutdown-timeout"], reactor, reactor, drain_delay=config["drain-delay"]
@@ -450,6 +516,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             serving,
             config["tls"],
             reactor,
+            factory.admission,
             demo=not config["no-demo"],
             ciphers=config.tls_ciphers,
         ).setServiceParent(top)

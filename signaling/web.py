@@ -7,6 +7,7 @@ browser client and the page's files under ``/static/``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 import orjson
@@ -22,11 +23,23 @@ from zope.interface import provider
 
 from . import __version__, metrics
 from .addresses import forwarded_address, socket_address
+from .admission import RETRY_AFTER, Admission
 from .demo import STATIC_PATH, StaticDirectory, StaticFileResource, load_static_files
 from .protocol import SignalingFactory
 from .timers import cancel
 
 WEBSOCKET_PATH = b"connect"
+
+
+class _Request(Request):
+    """A request whose ``Server`` header is its site's ``server_header``
+    (twisted.web's default, which names its version, if that is None)."""
+
+    def render(self, resrc: IResource) -> None:
+        server = getattr(self.site, "server_header", None)
+        if server is not None:
+            self.setHeader(b"server", server)
+        super().render(resrc)
 
 
 class _Root(Resource):
@@ -74,19 +87,23 @@ class HealthResource(Resource):
         self.factory = factory
 
     def render_GET(self, request: Request) -> bytes:
+        if request.postpath:
+            return cast(bytes, notFound().render(request))
         factory = self.factory
         request.setResponseCode(503 if factory.draining else 200)
+        if factory.draining:
+            request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return orjson.dumps(
-            {
-                "status": "draining" if factory.draining else "ok",
-                "uptime": round(factory.clock.seconds() - factory.started_at, 3),
-                "rooms": factory.registry.room_count,
-                "clients": len(factory.clients),
-                "version": __version__,
-            }
-        )
+        health: dict[str, Any] = {
+            "status": "draining" if factory.draining else "ok",
+            "uptime": round(factory.clock.seconds() - factory.started_at, 3),
+            "rooms": factory.registry.room_count,
+            "clients": len(factory.clients),
+        }
+        if not factory.hide_version:
+            health["version"] = __version__
+        return orjson.dumps(health)
 
 
 class MetricsResource(Resource):
@@ -99,6 +116,8 @@ class MetricsResource(Resource):
         self.registry = registry
 
     def render_GET(self, request: Request) -> bytes:
+        if request.postpath:
+            return cast(bytes, notFound().render(request))
         request.setHeader(b"content-type", metrics.CONTENT_TYPE.encode())
         request.setHeader(b"cache-control", b"no-store")
         return metrics.render(self.registry)
@@ -114,11 +133,16 @@ class SignalingSite(Site):
     deadline; their keep-alive connections end with it.
     """
 
+    requestFactory = _Request
+    #: The Server header of responses; None leaves twisted.web's.
+    server_header: bytes | None = None
+
     def __init__(
         self,
         root: Resource,
         clock: IReactorTime,
         deadline: float,
+        admission: Admission | None = None,
         *,
         trust_proxy: int = 0,
         untrusted_forwarding: Callable[[], None] | None = None,
@@ -126,6 +150,7 @@ class SignalingSite(Site):
         super().__init__(root, logFormatter=access_log_formatter(trust_proxy))
         self.clock = clock
         self.deadline = deadline
+        self.admission = admission
         self.trust_proxy = trust_proxy
         self.untrusted_forwarding = untrusted_forwarding
 
@@ -145,11 +170,13 @@ class SignalingSite(Site):
     def buildProtocol(self, addr: Any) -> Any:
         return self._with_deadline(super().buildProtocol(addr), self.deadline)
 
-    def _with_deadline(self, protocol: Any, seconds: float) -> Any:
+    def _with_deadline(
+        self, protocol: Any, seconds: float, release: Callable[[], None] | None = None
+    ) -> Any:
         if self.deadline > 0:
             channel = protocol._channel
             channel.signaling_deadline = self.clock.callLater(
-                max(seconds, 0), _past_deadline, channel
+                max(seconds, 0), _past_deadline, channel, release
             )
         return protocol
 
@@ -158,8 +185,11 @@ class SignalingSite(Site):
         request is not for ``/connect``): an HTTP channel replaces that
         protocol on ``transport``, reads ``data``, and gets what is left of
         the deadline."""
+        # Until then it counts as pending (signaling.admission); a WebSocket
+        # it upgrades to takes the count over.
+        release = partial(self.admission.release, transport) if self.admission else None
         protocol = self._with_deadline(
-            Site.buildProtocol(self, transport.getPeer()), self.deadline - elapsed
+            Site.buildProtocol(self, transport.getPeer()), self.deadline - elapsed, release
         )
         if isinstance(transport, ProtocolWrapper):  # TLS
             transport.wrappedProtocol = protocol
@@ -212,8 +242,10 @@ def access_log_formatter(trust_proxy: int) -> IAccessLogFormatter:
     return cast(IAccessLogFormatter, format_line)
 
 
-def _past_deadline(channel: Any) -> None:
+def _past_deadline(channel: Any, release: Callable[[], None] | None) -> None:
     channel.signaling_deadline = None
+    if release is not None:
+        release()
     if channel.transport is not None:  # still HTTP: not handed to a WebSocket
         channel.transport.abortConnection()
 
@@ -223,9 +255,10 @@ def _cancel_deadline(channel: Any) -> None:
     channel.signaling_deadline = None
 
 
-def _site(root: Resource) -> Site:
-    site = Site(root)
+def _site(root: Resource, factory: SignalingFactory) -> Site:
+    site = Site(root, requestFactory=_Request)
     site.noisy = False
+    site.server_header = b"signaling" if factory.hide_version else None  # type: ignore[attr-defined]
     return site
 
 
@@ -249,10 +282,12 @@ def build_site(
         root,
         factory.clock,
         factory.limits.handshake_timeout,
+        factory.admission,
         trust_proxy=factory.trust_proxy,
         untrusted_forwarding=factory.untrusted_forwarding,
     )
     site.noisy = False
+    site.server_header = b"signaling" if factory.hide_version else None
     site.timeOut = factory.limits.handshake_timeout or None
     return site
 
@@ -272,4 +307,4 @@ def build_metrics_site(factory: SignalingFactory) -> Site:
     """A site with only ``/metrics``, for ``--metrics-listen``."""
     root = _Root()
     root.putChild(b"metrics", MetricsResource(metrics.metrics_registry(factory)))
-    return _site(root)
+    return _site(root, factory)

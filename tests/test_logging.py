@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent
 
-from signaling.logs import ServerLogger, set_level
+from signaling.logs import LogBudget, ServerLogger, set_level
 
 from .conftest import Client, RunningServer, wait_for
 
@@ -95,3 +96,18 @@ def test_server_logger_drops_events_below_the_level(log_level: None, level: LogL
         for each in (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error)
         if each >= level
     ]
+
+
+def test_log_budget_leaves_out_the_excess_and_says_how_much(
+    info_events: list[dict[str, Any]],
+) -> None:
+    clock = Clock()
+    budget = LogBudget(clock, 3)
+    assert [budget.allow("error") for _ in range(10)] == [True] * 3 + [False] * 7
+    assert budget.allow("failed handshake")  # each kind has its own budget
+    assert not info_events
+    clock.advance(60)
+    [summary] = [formatEvent(e) for e in info_events]
+    assert summary.startswith("7 more error events in the last minute were not logged")
+    assert budget.allow("error")  # a new minute
+    assert LogBudget(clock, 0).allow("error")  # 0: no budget

@@ -195,7 +195,9 @@ def test_unix_socket_clients_are_counted_by_the_trusted_address(
         assert unix_status(held, path, {"X-Forwarded-For": "203.0.113.7"}) == 101
         assert unix_status(held, path, {"X-Forwarded-For": "203.0.113.7"}) == 503
         assert unix_status(held, path, {"X-Forwarded-For": "203.0.113.8"}) == 101
-        server.wait_for(r"refused 203\.0\.113\.7: too many connections from this address")
+        server.wait_for(
+            r"handshake \('too many connections from this address'\) from 203\.0\.113\.7: 503"
+        )
         # No forwarded address (a request straight to the socket): not counted.
         for _ in range(3):
             assert unix_status(held, path, {}) == 101
@@ -262,8 +264,12 @@ def test_admin_and_refusals_show_the_same_address(
         assert re.fullmatch(pattern, shown)
         with pytest.raises(InvalidStatus):
             connect(server.url, proxy=None, open_timeout=TIMEOUT, additional_headers=headers)
-    [refusal] = [e for e in list(info_events) if e.get("log_format", "").startswith("refused ")]
-    assert re.fullmatch(pattern, refusal["address"])
+    [refusal] = [
+        e
+        for e in list(info_events)
+        if e.get("log_format", "").startswith("failing WebSocket opening handshake")
+    ]
+    assert re.fullmatch(pattern, refusal["peer"])
 
 
 def http_get(port: int, path: str, headers: dict[str, str]) -> int:

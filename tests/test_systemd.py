@@ -228,5 +228,6 @@ def test_units_agree_with_each_other() -> None:
         "PrivateTmp=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "LimitNOFILE=65536",  # systemd's default soft limit is 1024
     ):
         assert f"\n{setting}\n" in service, setting
