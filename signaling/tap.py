@@ -17,7 +17,13 @@ from .admin import Admin
 from .limits import Limits
 from .listen import listening_service, plan_listeners
 from .logs import LEVELS, ServerLogger, set_level
-from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
+from .manhole import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_HOST_KEY_PATH,
+    ManholeConfig,
+    manhole_config,
+    manhole_service,
+)
 from .protocol import SignalingFactory
 from .reload import CertificateReloader
 from .shutdown import GracefulShutdown
@@ -265,6 +271,13 @@ class Options(usage.Options):
             DEFAULT_HOST_KEY_PATH,
             "The admin console's SSH host key; generated (mode 0600) if missing.",
         ],
+        [
+            "manhole-auth-timeout",
+            None,
+            DEFAULT_AUTH_TIMEOUT,
+            "Seconds an admin console connection may take to log in before it is closed.",
+            _seconds,
+        ],
     ]
 
     optFlags = [
@@ -329,6 +342,7 @@ class Options(usage.Options):
             self["manhole-keys"],
             self["manhole-host-key"],
             bool(self["manhole-remote"]),
+            self["manhole-auth-timeout"],
         )
         self["listeners"] = plan_listeners(self, self.listen_description)
         self["tls"] = None
