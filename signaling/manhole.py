@@ -55,28 +55,50 @@ class ManholeConfig:
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
 
 
+def _parse_key(line: bytes) -> keys.Key:
+    """One authorized_keys line as a key; BadKeyError for anything unusable
+    (Twisted raises struct, base64 and value errors for damaged keys)."""
+    try:
+        return keys.Key.fromString(line)
+    except keys.BadKeyError:
+        raise
+    except Exception as e:
+        raise keys.BadKeyError(f"damaged key ({type(e).__name__}: {e})") from None
+
+
 @implementer(IAuthorizedKeysDB)
 class AuthorizedKeysFile:
     """The public keys of one ``authorized_keys`` file, for any user name.
 
-    The file is read again at every login, so keys added to or removed from
-    it take effect without a restart.
+    At every login the file is read again if it changed, so keys added to or
+    removed from it take effect without a restart.  Lines that are not keys
+    are logged (by Twisted, at error level) once per change, not per login.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._version: tuple[int, ...] | None = None
+        self._keys: list[keys.Key] = []
+        self._error: str | None = None
 
     def read(self) -> list[keys.Key]:
         """The keys in the file now (unparsable lines are logged and skipped)."""
         with open(self.path, "rb") as lines:
-            return list(readAuthorizedKeyFile(lines))
+            return list(readAuthorizedKeyFile(lines, _parse_key))
 
     def getAuthorizedKeys(self, username: bytes) -> Iterable[keys.Key]:
         try:
-            return self.read()
+            status = os.stat(self.path)
+            version = (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+            if version != self._version:
+                self._keys, self._version = self.read(), version
+            self._error = None
         except OSError as e:
-            _log.error("cannot read manhole keys {path}: {error}", path=self.path, error=e)
-            return []
+            self._keys, self._version = [], None
+            if str(e) != self._error:  # once, not at every attempt
+                self._error = str(e)
+                _log.error("cannot read manhole keys {path}: {error}", path=self.path, error=e)
+        return self._keys
 
 
 def load_or_create_host_key(path: str) -> keys.Key:

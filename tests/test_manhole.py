@@ -165,6 +165,26 @@ def test_keys_file_is_read_at_each_login(
         login(port, host_key, key=operator_key)
 
 
+def test_damaged_key_lines_are_skipped_and_logged_once_per_change(
+    server: RunningServer, start_manhole, open_console, host_key, operator_key, keys_file
+) -> None:
+    with keys_file.open("ab") as out:
+        out.write(b"ssh-ed25519 AAAA\n")  # truncated
+    port = start_manhole(server)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for _ in range(3):
+            open_console(port, host_key, key=operator_key).close()
+        with keys_file.open("ab") as out:
+            out.write(b"# changed\n")
+        open_console(port, host_key, key=operator_key)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    damaged = [e for e in events if e.get("log_format", "").startswith("Unable to parse line")]
+    assert [e["line"] for e in damaged] == [b"ssh-ed25519 AAAA"] * 2
+
+
 def test_logins_are_logged_with_the_key_fingerprint(
     server: RunningServer, start_manhole, open_console, host_key, operator_key
 ) -> None:
@@ -512,7 +532,9 @@ def test_manhole_option_mistakes_are_usage_errors(
     tmp_path: Path, keys_file: Path, args: list[str], complaint: str
 ) -> None:
     empty = tmp_path / "empty_keys"
-    empty.write_text("# no keys\nnot a key\n")
+    empty.write_text(
+        "# no keys\nnot a key\nssh-ed25519 AAAA\nssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ\n"
+    )
     files = {"KEYS": str(keys_file), "MISSING": str(tmp_path / "nope"), "EMPTY": str(empty)}
     args = [files.get(arg, arg) for arg in args]
     with pytest.raises(usage.UsageError, match=complaint):
