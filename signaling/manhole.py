@@ -29,7 +29,13 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -443,6 +449,25 @@ class _Connection(connection.SSHConnection):
     _log = _LibraryLogger()
 
 
+@implementer(IPushProducer)
+class _ReadPause:
+    """Stops reading from a peer while the output to it is backed up: a peer
+    that sends requests (auth attempts, key exchanges) without reading the
+    answers would otherwise make the server buffer them without bound."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def pauseProducing(self) -> None:
+        self._connection.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._connection.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is closing anyway
+
+
 class _ServerTransport(transport.SSHServerTransport):
     """The console's SSH server side: advertises the user-key signature
     algorithms it accepts and closes connections that do not log in within
@@ -454,6 +479,8 @@ class _ServerTransport(transport.SSHServerTransport):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        assert self.transport is not None
+        cast(IConsumer, self.transport).registerProducer(_ReadPause(self.transport), True)
         if self.factory.auth_timeout:
             self._auth_timer = self.factory.clock.callLater(
                 self.factory.auth_timeout, self._auth_timed_out

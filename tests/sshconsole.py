@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -120,6 +121,47 @@ class _Transport(transport.SSHClientTransport):
         super().connectionLost(reason)
         if not self.opened.called:
             self.opened.errback(LoginRefused(self.auth.refused, self.auth.offered))
+
+
+class _Flood(userauth.SSHUserAuthClient):
+    """Once the auth service starts, stops reading; :meth:`send` then sends
+    ``none`` auth requests (the method that does not count as a failed attempt)."""
+
+    refused: list[bytes] = []
+    offered = b""
+    started = False
+
+    def __init__(self) -> None:
+        super().__init__(b"flood", _Connection(defer.Deferred()))
+
+    def serviceStarted(self) -> None:
+        self.transport.transport.pauseProducing()
+        self.started = True
+
+    def send(self, count: int) -> None:
+        for _ in range(count):
+            self.askForAuth(b"none", b"")
+
+
+def connect_without_reading(port: int, host_key: keys.Key) -> Any:
+    """Connect to 127.0.0.1 ``port`` with a small receive buffer and get as far
+    as the auth service; from then on read nothing.  Returns the client's SSH
+    transport: ``auth.send(count)`` sends requests, abort ``transport`` when done."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    opened: defer.Deferred[_Shell] = defer.Deferred()
+    opened.addErrback(lambda _: None)  # it never opens a shell
+    client = _Transport(host_key, _Flood(), opened)  # type: ignore[arg-type]
+    factory = ClientFactory.forProtocol(lambda: client)  # type: ignore[arg-type]
+    try:
+        on_reactor(reactor.adoptStreamConnection, sock.fileno(), socket.AF_INET, factory)  # type: ignore[attr-defined]
+    finally:
+        sock.close()  # the reactor has its own copy
+    assert wait_for(lambda: client.auth.started), "the auth service did not start"
+    return client
 
 
 class Console:

@@ -24,7 +24,7 @@ from signaling import admin, manhole
 from signaling.tap import Options, makeService
 
 from .conftest import TIMEOUT, RunningServer, on_reactor, wait_for
-from .sshconsole import Console, LoginRefused, OpenSSH, login, openssh_key
+from .sshconsole import Console, LoginRefused, OpenSSH, connect_without_reading, login, openssh_key
 from .test_admin import close_frame
 from .twistd_process import ServerProcess
 
@@ -253,6 +253,37 @@ def test_sha1_rsa_signatures_are_refused(
     with pytest.raises(LoginRefused) as refused:
         login(port, host_key, key=rsa_key)
     assert refused.value.refused == [b"publickey"]
+
+
+def test_a_client_that_does_not_read_is_no_longer_read(
+    server: RunningServer, keys_file: Path, host_key: keys.Key
+) -> None:
+    """Requests whose answers pile up unread stop being read, rather than
+    the answers being buffered without bound."""
+    factory = manhole.build_manhole_factory(
+        {}, manhole.AuthorizedKeysFile(str(keys_file)), host_key
+    )
+    served: list[Any] = []
+    build = factory.buildProtocol
+    factory.buildProtocol = lambda addr: served.append(build(addr)) or served[-1]  # type: ignore[method-assign]
+    port = on_reactor(reactor.listenTCP, 0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    try:
+        client = connect_without_reading(port.getHost().port, host_key)
+        try:
+            connection = served[0].transport
+            # Small kernel buffers (Linux grows them up to 4 MB) make the
+            # answers of a few thousand requests enough to back up.
+            handle = on_reactor(connection.getHandle)
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            on_reactor(client.auth.send, 5_000)
+            assert wait_for(
+                lambda: on_reactor(lambda: connection not in reactor.getReaders()),
+                2 * TIMEOUT,  # type: ignore[attr-defined]
+            )
+        finally:
+            on_reactor(client.transport.abortConnection)
+    finally:
+        on_reactor(port.stopListening)
 
 
 # -- the OpenSSH client -------------------------------------------------------
