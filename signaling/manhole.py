@@ -10,27 +10,45 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-from collections.abc import Iterable, Mapping
+import struct
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from twisted.application import strports
 from twisted.application.service import IService
-from twisted.conch import manhole, manhole_ssh
+from twisted.conch import avatar, manhole
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
-from twisted.conch.ssh import keys
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import channel, connection, keys, session, transport, userauth
+from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .listen import check_endpoint
+from .listen import ListeningService, address_url, check_endpoint
 from .logs import ServerLogger
+from .timers import cancel
 
 _log = ServerLogger()
 
 DEFAULT_HOST_KEY_PATH = "manhole_host_key"
+#: Seconds a connection may take to log in (``--manhole-auth-timeout``).
+DEFAULT_AUTH_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -40,30 +58,53 @@ class ManholeConfig:
     endpoint: str
     authorized_keys: str
     host_key: keys.Key
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+
+
+def _parse_key(line: bytes) -> keys.Key:
+    """One authorized_keys line as a key; BadKeyError for anything unusable
+    (Twisted raises struct, base64 and value errors for damaged keys)."""
+    try:
+        return keys.Key.fromString(line)
+    except keys.BadKeyError:
+        raise
+    except Exception as e:
+        raise keys.BadKeyError(f"damaged key ({type(e).__name__}: {e})") from None
 
 
 @implementer(IAuthorizedKeysDB)
 class AuthorizedKeysFile:
     """The public keys of one ``authorized_keys`` file, for any user name.
 
-    The file is read again at every login, so keys added to or removed from
-    it take effect without a restart.
+    At every login the file is read again if it changed, so keys added to or
+    removed from it take effect without a restart.  Lines that are not keys
+    are logged (by Twisted, at error level) once per change, not per login.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._version: tuple[int, ...] | None = None
+        self._keys: list[keys.Key] = []
+        self._error: str | None = None
 
     def read(self) -> list[keys.Key]:
         """The keys in the file now (unparsable lines are logged and skipped)."""
         with open(self.path, "rb") as lines:
-            return list(readAuthorizedKeyFile(lines))
+            return list(readAuthorizedKeyFile(lines, _parse_key))
 
     def getAuthorizedKeys(self, username: bytes) -> Iterable[keys.Key]:
         try:
-            return self.read()
+            status = os.stat(self.path)
+            version = (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+            if version != self._version:
+                self._keys, self._version = self.read(), version
+            self._error = None
         except OSError as e:
-            _log.error("cannot read manhole keys {path}: {error}", path=self.path, error=e)
-            return []
+            self._keys, self._version = [], None
+            if str(e) != self._error:  # once, not at every attempt
+                self._error = str(e)
+                _log.error("cannot read manhole keys {path}: {error}", path=self.path, error=e)
+        return self._keys
 
 
 def load_or_create_host_key(path: str) -> keys.Key:
@@ -151,7 +192,11 @@ def is_local_endpoint(description: str) -> bool:
 
 
 def manhole_config(
-    endpoint: str | None, authorized_keys: str | None, host_key_path: str, allow_remote: bool
+    endpoint: str | None,
+    authorized_keys: str | None,
+    host_key_path: str,
+    allow_remote: bool,
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
 ) -> ManholeConfig | None:
     """Check the ``--manhole*`` options; None when the manhole is off.
 
@@ -183,45 +228,188 @@ def manhole_config(
     if not usable:
         raise usage.UsageError(f"--manhole-keys {authorized_keys} holds no usable public key")
     host_key = load_or_create_host_key(os.path.abspath(os.path.expanduser(host_key_path)))
-    return ManholeConfig(endpoint, authorized_keys, host_key)
+    return ManholeConfig(endpoint, authorized_keys, host_key, auth_timeout)
 
 
-class _Session(manhole_ssh.TerminalSession):
-    """TerminalSession that accepts resizes and ends the session on EOF
-    (as sshd does when a client's input ends), instead of raising."""
+#: Signature algorithms accepted for user keys, advertised as ``server-sig-algs``
+#: (RFC 8308): RSA only with SHA-2 (RFC 8332), never ``ssh-rsa`` (SHA-1).
+USER_SIGNATURE_ALGORITHMS = (
+    b"ssh-ed25519",
+    b"ecdsa-sha2-nistp256",
+    b"ecdsa-sha2-nistp384",
+    b"ecdsa-sha2-nistp521",
+    b"rsa-sha2-512",
+    b"rsa-sha2-256",
+)
 
-    _shell: Any = None
+#: Host key signature algorithms never offered (SHA-1).
+_SHA1_HOST_KEY_ALGORITHMS = frozenset({b"ssh-rsa", b"ssh-dss"})
 
-    def openShell(self, proto: Any) -> None:
-        self._shell = proto
-        super().openShell(proto)
 
-    def windowChanged(self, newWindowSize: Any) -> None:
-        pass  # the console does not reflow
+class _LibraryLogger(ServerLogger):
+    """The logger of the twisted.conch classes serving the console.
+
+    Their debug and info lines (key exchange, every auth attempt, every
+    channel request; at debug even every keystroke) describe each connection,
+    and their warnings and errors are what any client can provoke (a bad key,
+    a disconnect message), so: the first are dropped, the second become
+    debug events.  The console's own lines use ``_log``.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        if level >= LogLevel.warn:
+            super().emit(LogLevel.debug, format, **kwargs)
+
+
+def _unfiltered_classes() -> list[str]:
+    """The twisted.conch classes the console uses that no longer log through
+    ``_log`` (a private name, stable since Twisted 16): their lines keep
+    their own level."""
+    bases = (
+        transport.SSHServerTransport,
+        userauth.SSHUserAuthServer,
+        connection.SSHConnection,
+        channel.SSHChannel,
+        SSHFactory,
+    )
+    return [cls.__qualname__ for cls in bases if not isinstance(getattr(cls, "_log", None), Logger)]
+
+
+class _Logout:
+    """``exit`` and ``quit`` in the console: end the session (the builtins
+    would raise SystemExit into the event loop)."""
+
+    def __init__(self, logout: Callable[[], None]) -> None:
+        self._logout = logout
+
+    def __repr__(self) -> str:
+        return "Use exit() or Ctrl-D to log out"
+
+    def __call__(self) -> None:
+        self._logout()
+
+
+class _ConsoleChannel(channel.SSHChannel):
+    """A ``session`` channel that runs the console on its pty.
+
+    It grants ``pty-req``, ``window-change`` (the console does not reflow) and
+    ``shell``; anything else (``exec``, subsystems, ``env``, forwarding) is
+    refused.  End of input from the client ends the session, as with sshd.
+    """
+
+    name = b"session"
+    _log = _LibraryLogger()
+    avatar: _Operator
+
+    _size = (80, 24)
+    _terminal: insults.ServerProtocol | None = None
+
+    def request_pty_req(self, data: bytes) -> int:
+        _, (rows, columns, _, _), _ = session.parseRequest_pty_req(data)
+        self._size = (columns or 80, rows or 24)
+        return 1
+
+    def request_window_change(self, data: bytes) -> int:
+        return 1
+
+    def request_shell(self, data: bytes) -> int:
+        if self._terminal is not None:
+            return 0
+        namespace = dict(self.avatar.namespace)
+        namespace["exit"] = namespace["quit"] = _Logout(self.loseConnection)
+        self._terminal = terminal = insults.ServerProtocol(manhole.ColoredManhole, namespace)
+        terminal.makeConnection(self)
+        assert terminal.terminalProtocol is not None
+        terminal.terminalProtocol.terminalSize(*self._size)
+        return 1
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._terminal is not None:
+            try:
+                self._terminal.dataReceived(data)
+            except SystemExit:  # sys.exit() at the prompt logs out
+                self.loseConnection()
 
     def eofReceived(self) -> None:
-        if self._shell is not None:
-            self._shell.loseConnection()
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        if self.conn is not None and not self.closing and not self.localClosed:
+            # As sshd does when a shell ends; ssh then exits with status 0.
+            self.conn.sendRequest(self, b"exit-status", struct.pack(">L", 0))
+        super().loseConnection()
+
+    def closed(self) -> None:
+        if self._terminal is not None:
+            terminal, self._terminal = self._terminal, None
+            terminal.connectionLost(Failure(ConnectionDone("session closed")))
+
+
+class _Operator(avatar.ConchUser):
+    """A logged-in operator: sessions only, over their own copy of ``namespace``."""
+
+    def __init__(self, name: str, namespace: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.name = name
+        self.namespace = namespace
+        self.channelLookup[b"session"] = _ConsoleChannel
 
 
 @implementer(IRealm)
-class _ConsoleRealm(manhole_ssh.TerminalRealm):
-    """Each login gets a Python console over its own copy of ``namespace``."""
-
-    sessionFactory = _Session
-
-    def __init__(self, namespace: Mapping[str, Any]) -> None:
-        super().__init__()
+class _ConsoleRealm:
+    def __init__(self, namespace: Mapping[str, Any], clock: IReactorTime) -> None:
         self.namespace = namespace
+        self.clock = clock
 
-    def chainedProtocolFactory(self) -> insults.ServerProtocol:  # type: ignore[override]
-        return insults.ServerProtocol(manhole.ColoredManhole, dict(self.namespace))
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
+        if IConchUser not in interfaces:
+            raise NotImplementedError("the console only serves SSH logins")
+        name = avatarId.decode("utf-8", "replace")
+        started = self.clock.seconds()
+
+        def logout() -> None:
+            _log.info(
+                "manhole logout of {user} after {duration:.0f} s",
+                user=name,
+                duration=self.clock.seconds() - started,
+            )
+
+        return IConchUser, _Operator(name, self.namespace), logout
+
+
+def _signature_refusal(credentials: Any) -> str | None:
+    """Why a public-key login attempt uses a signature algorithm we refuse
+    (None if it does not).  Twisted checks only that the signature verifies."""
+    algorithm = credentials.algName
+    if algorithm not in USER_SIGNATURE_ALGORITHMS:
+        return f"signature algorithm {algorithm!r} is not accepted"
+    try:
+        key = keys.Key.fromString(credentials.blob)
+    except (keys.BadKeyError, ValueError):
+        return "not a public key"
+    if algorithm not in key.supportedSignatureAlgorithms():
+        return f"signature algorithm {algorithm!r} does not fit a {key.type()} key"
+    if credentials.signature is not None:
+        try:
+            signed_with = getNS(credentials.signature)[0]
+        except (struct.error, IndexError):
+            return "malformed signature"
+        if signed_with != algorithm:
+            return f"signature made with {signed_with!r}, not {algorithm!r}"
+    return None
 
 
 class _LoggingKeyChecker(SSHPublicKeyChecker):
-    """Logs each successful login with the user name and key fingerprint."""
+    """Refuses SHA-1 signatures; logs each successful login with the user
+    name and key fingerprint (refusals at debug level)."""
 
     def requestAvatarId(self, credentials: Any) -> Any:
+        user = credentials.username.decode("utf-8", "replace")
+        refusal = _signature_refusal(credentials)
+        if refusal is not None:
+            _log.debug("manhole login as {user} refused: {reason}", user=user, reason=refusal)
+            return defer.fail(UnauthorizedLogin(refusal))
+
         def logged(avatar_id: bytes) -> bytes:
             _log.info(
                 "manhole login as {user} with key {fingerprint}",
@@ -230,7 +418,138 @@ class _LoggingKeyChecker(SSHPublicKeyChecker):
             )
             return avatar_id
 
-        return super().requestAvatarId(credentials).addCallback(logged)
+        def refused(failure: Failure) -> Failure:
+            if failure.check(UnauthorizedLogin):
+                _log.debug(
+                    "manhole login as {user} refused: {reason}",
+                    user=user,
+                    reason=failure.getErrorMessage(),
+                )
+            return failure
+
+        return super().requestAvatarId(credentials).addCallbacks(logged, refused)
+
+
+class _UserAuthServer(userauth.SSHUserAuthServer):
+    _log = _LibraryLogger()
+
+
+class _Connection(connection.SSHConnection):
+    _log = _LibraryLogger()
+
+
+@implementer(IPushProducer)
+class _ReadPause:
+    """Stops reading from a peer while the output to it is backed up: a peer
+    that sends requests (auth attempts, key exchanges) without reading the
+    answers would otherwise make the server buffer them without bound."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def pauseProducing(self) -> None:
+        self._connection.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._connection.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is closing anyway
+
+
+class _ServerTransport(transport.SSHServerTransport):
+    """The console's SSH server side: advertises the user-key signature
+    algorithms it accepts and closes connections that do not log in within
+    the factory's ``auth_timeout``."""
+
+    _log = _LibraryLogger()
+    factory: ConsoleFactory
+    _auth_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        assert self.transport is not None
+        cast(IConsumer, self.transport).registerProducer(_ReadPause(self.transport), True)
+        if self.factory.auth_timeout:
+            self._auth_timer = self.factory.clock.callLater(
+                self.factory.auth_timeout, self._auth_timed_out
+            )
+
+    def _peer(self) -> object:
+        return self.transport.getPeer() if self.transport is not None else None
+
+    def _auth_timed_out(self) -> None:
+        _log.debug(
+            "manhole connection from {peer} did not log in within {timeout} s",
+            peer=self._peer(),
+            timeout=self.factory.auth_timeout,
+        )
+        self.sendDisconnect(
+            transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, b"authentication timeout"
+        )
+        # A peer that does not read cannot keep the connection open.
+        self._auth_timer = self.factory.clock.callLater(self.factory.auth_timeout, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
+
+    def setService(self, service: Any) -> None:
+        super().setService(service)
+        if service.name != userauth.SSHUserAuthServer.name:  # logged in
+            cancel(self._auth_timer)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        cancel(self._auth_timer)
+        super().connectionLost(reason)
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        # Twisted advertises the host key's algorithms as server-sig-algs:
+        # with an Ed25519 host key, OpenSSH then never offers an RSA key.
+        accepted = b",".join(USER_SIGNATURE_ALGORITHMS)
+        super().sendExtInfo(
+            [(key, accepted if key == b"server-sig-algs" else value) for key, value in extensions]
+        )
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        # A client's disconnect message, "disconnected by user" (11) after a
+        # normal logout included: nothing for the operator's log.
+        _log.debug(
+            "manhole client {peer} disconnected: code {code}, {description}",
+            peer=self._peer(),
+            code=reasonCode,
+            description=description[:200].decode("utf-8", "replace"),
+        )
+
+
+class ConsoleFactory(SSHFactory):
+    """SSH server factory of the console: public-key logins only, then a
+    Python prompt."""
+
+    protocol = _ServerTransport
+    services = {b"ssh-userauth": _UserAuthServer, b"ssh-connection": _Connection}
+    _log = _LibraryLogger()
+    noisy = False  # the port's "ConsoleFactory starting on" line says it
+
+    def __init__(
+        self, portal: Portal, host_key: keys.Key, auth_timeout: float, clock: IReactorTime
+    ) -> None:
+        self.portal = portal
+        # Key objects, whatever SSHFactory's hints say.
+        self.publicKeys = {host_key.sshType(): host_key.public()}  # type: ignore[dict-item]
+        self.privateKeys = {host_key.sshType(): host_key}  # type: ignore[dict-item]
+        self.auth_timeout = auth_timeout
+        self.clock = clock
+
+    def getPrimes(self) -> None:
+        return None  # no group exchange: the fixed groups and curves suffice
+
+    def buildProtocol(self, addr: Any) -> _ServerTransport:
+        built: _ServerTransport = super().buildProtocol(addr)  # type: ignore[assignment]
+        built.supportedPublicKeys = [
+            name for name in built.supportedPublicKeys if name not in _SHA1_HOST_KEY_ALGORITHMS
+        ]
+        return built
 
 
 def _fingerprint(key: keys.Key) -> str:
@@ -239,23 +558,42 @@ def _fingerprint(key: keys.Key) -> str:
 
 
 def build_manhole_factory(
-    namespace: Mapping[str, Any], authorized_keys: IAuthorizedKeysDB, host_key: keys.Key
-) -> manhole_ssh.ConchFactory:
+    namespace: Mapping[str, Any],
+    authorized_keys: IAuthorizedKeysDB,
+    host_key: keys.Key,
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+    clock: IReactorTime | None = None,
+) -> ConsoleFactory:
     """An SSH server factory: public-key logins only, then a Python console."""
-    portal = Portal(_ConsoleRealm(namespace), [_LoggingKeyChecker(authorized_keys)])
-    factory = manhole_ssh.ConchFactory(portal)
-    # Instance attributes: ConchFactory's class-level dicts are shared.  The
-    # transport wants Key objects here, whatever ConchFactory's hints say.
-    factory.publicKeys = {host_key.sshType(): host_key.public()}  # type: ignore[dict-item]
-    factory.privateKeys = {host_key.sshType(): host_key}  # type: ignore[dict-item]
-    return factory
+    if clock is None:
+        from twisted.internet import reactor as clock  # type: ignore[assignment]
+    assert clock is not None
+    portal = Portal(_ConsoleRealm(namespace, clock), [_LoggingKeyChecker(authorized_keys)])
+    return ConsoleFactory(portal, host_key, auth_timeout, clock)
 
 
 def manhole_service(config: ManholeConfig, namespace: Mapping[str, Any]) -> IService:
     """The service that listens for admin console logins."""
+    unfiltered = _unfiltered_classes()
+    if unfiltered:
+        _log.warn(
+            "twisted.conch changed: the lines of {classes} are logged at their own level",
+            classes=", ".join(unfiltered),
+        )
     factory = build_manhole_factory(
-        namespace, AuthorizedKeysFile(config.authorized_keys), config.host_key
+        namespace,
+        AuthorizedKeysFile(config.authorized_keys),
+        config.host_key,
+        config.auth_timeout,
     )
-    service = strports.service(config.endpoint, factory)
+    from twisted.internet import reactor
+
+    service = ListeningService(
+        "--manhole",
+        config.endpoint,
+        factory,
+        reactor,
+        lambda address: f"admin console at {address_url(address, 'ssh', '')}",
+    )
     service.setName("manhole")
     return service

@@ -23,7 +23,13 @@ from .listen import (
     plan_listeners,
 )
 from .logs import LEVELS, ServerLogger, set_level
-from .manhole import DEFAULT_HOST_KEY_PATH, ManholeConfig, manhole_config, manhole_service
+from .manhole import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_HOST_KEY_PATH,
+    ManholeConfig,
+    manhole_config,
+    manhole_service,
+)
 from .protocol import SignalingFactory
 from .reload import CertificateReloader
 from .shutdown import GracefulShutdown
@@ -333,6 +339,13 @@ class Options(usage.Options):
             DEFAULT_HOST_KEY_PATH,
             "The admin console's SSH host key; generated (mode 0600) if missing.",
         ],
+        [
+            "manhole-auth-timeout",
+            None,
+            DEFAULT_AUTH_TIMEOUT,
+            "Seconds an admin console connection may take to log in before it is closed.",
+            _seconds,
+        ],
     ]
 
     optFlags = [
@@ -413,6 +426,7 @@ class Options(usage.Options):
             self["manhole-keys"],
             self["manhole-host-key"],
             bool(self["manhole-remote"]),
+            self["manhole-auth-timeout"],
         )
         if self["tls-ciphers"] is not None:
             try:

@@ -1,13 +1,22 @@
-"""An SSH client (twisted.conch) that logs in to the admin console as an operator would.
+"""SSH clients that log in to the admin console as an operator would.
 
-It runs in the reactor thread; :func:`login` and :class:`Console` are called
-from the test thread and block, with bounded waits, until the server answers.
+:func:`login` and :class:`Console` are a twisted.conch client running in the
+reactor thread; they are called from the test thread and block, with bounded
+waits, until the server answers.  :class:`OpenSSH` runs the OpenSSH client
+(Debian's ``openssh-client``), the one operators use.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.conch.ssh import channel, connection, keys, session, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.internet import defer, reactor
@@ -114,6 +123,47 @@ class _Transport(transport.SSHClientTransport):
             self.opened.errback(LoginRefused(self.auth.refused, self.auth.offered))
 
 
+class _Flood(userauth.SSHUserAuthClient):
+    """Once the auth service starts, stops reading; :meth:`send` then sends
+    ``none`` auth requests (the method that does not count as a failed attempt)."""
+
+    refused: list[bytes] = []
+    offered = b""
+    started = False
+
+    def __init__(self) -> None:
+        super().__init__(b"flood", _Connection(defer.Deferred()))
+
+    def serviceStarted(self) -> None:
+        self.transport.transport.pauseProducing()
+        self.started = True
+
+    def send(self, count: int) -> None:
+        for _ in range(count):
+            self.askForAuth(b"none", b"")
+
+
+def connect_without_reading(port: int, host_key: keys.Key) -> Any:
+    """Connect to 127.0.0.1 ``port`` with a small receive buffer and get as far
+    as the auth service; from then on read nothing.  Returns the client's SSH
+    transport: ``auth.send(count)`` sends requests, abort ``transport`` when done."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    opened: defer.Deferred[_Shell] = defer.Deferred()
+    opened.addErrback(lambda _: None)  # it never opens a shell
+    client = _Transport(host_key, _Flood(), opened)  # type: ignore[arg-type]
+    factory = ClientFactory.forProtocol(lambda: client)  # type: ignore[arg-type]
+    try:
+        on_reactor(reactor.adoptStreamConnection, sock.fileno(), socket.AF_INET, factory)  # type: ignore[attr-defined]
+    finally:
+        sock.close()  # the reactor has its own copy
+    assert wait_for(lambda: client.auth.started), "the auth service did not start"
+    return client
+
+
 class Console:
     """An open admin console session; read and write it from the test thread."""
 
@@ -179,3 +229,103 @@ def login(
         return opened.addTimeout(TIMEOUT, reactor)  # type: ignore[arg-type]
 
     return Console(on_reactor(connect))
+
+
+def openssh_tool(name: str) -> str:
+    """The path of ``ssh`` or ``ssh-keygen``; missing, skip the test (fail it under CI)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"no {name} on PATH (apt-get install openssh-client)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def openssh_key(directory: Path, kind: str) -> Path:
+    """A new key pair made by ``ssh-keygen -t kind``; returns the private key's path."""
+    path = directory / f"id_{kind}"
+    subprocess.run(
+        [openssh_tool("ssh-keygen"), "-q", "-N", "", "-t", kind, "-f", str(path)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return path
+
+
+class OpenSSH:
+    """``ssh -tt`` logging in to the console on 127.0.0.1 with one key.
+
+    Input is a pipe, so ``-tt`` forces a pty; ``known_hosts`` must list the
+    console's host key (checked strictly).  No agent, no user configuration.
+    """
+
+    def __init__(
+        self, port: int, identity: Path, known_hosts: Path, *options: str, user: str = "admin"
+    ) -> None:
+        argv = [
+            openssh_tool("ssh"),
+            *("-tt", "-F", "/dev/null", "-p", str(port), "-i", str(identity)),
+            *("-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"),
+            *("-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}"),
+            *("-o", f"ConnectTimeout={TIMEOUT:.0f}"),
+            *options,
+            f"{user}@127.0.0.1",
+        ]
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self._output = bytearray()
+        self._errors = bytearray()
+        self._lock = threading.Lock()
+        self._seen = 0
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, buffer), daemon=True)
+            for stream, buffer in (
+                (self.process.stdout, self._output),
+                (self.process.stderr, self._errors),
+            )
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: Any, buffer: bytearray) -> None:
+        while chunk := stream.read1(65536):
+            with self._lock:
+                buffer += chunk
+
+    def output(self) -> str:
+        with self._lock:
+            return self._output.decode("utf-8", "replace")
+
+    def errors(self) -> str:
+        with self._lock:
+            return self._errors.decode("utf-8", "replace")
+
+    def wait_for_text(self, text: str, timeout: float = TIMEOUT) -> None:
+        """Wait until ``text`` appears in output not consumed yet; consume up to it."""
+        found = wait_for(lambda: text in self.output()[self._seen :], timeout)
+        output = self.output()
+        assert found, f"{text!r} not in ssh output: {output[self._seen :]!r}; {self.errors()!r}"
+        self._seen = output.index(text, self._seen) + len(text)
+
+    def type(self, line: str) -> None:
+        """Type one line at the console."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\r")
+        self.process.stdin.flush()
+
+    def wait_exit(self, timeout: float = TIMEOUT) -> int:
+        """Wait for ssh to end; its exit status (255: ssh failed, e.g. refused)."""
+        code = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait_exit()
+        assert self.process.stdin is not None
+        self.process.stdin.close()

@@ -108,6 +108,20 @@ def test_a_taken_metrics_port_is_one_line_too(tmp_path: Path) -> None:
     assert line.endswith("give --metrics-listen another endpoint"), line
 
 
+def test_a_taken_manhole_port_is_one_line_too(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDiJ2Zl5kq2mBdl0DR3yYiVXZmFVHCq2tRyK7v0M2kQf t\n"
+    )
+    with taken_tcp_port() as port:
+        endpoint = f"tcp:{port}:interface=127.0.0.1"
+        line = cannot_listen_line(
+            tmp_path, *ON_LOOPBACK, "--manhole", endpoint, "--manhole-keys", str(keys)
+        )
+    assert f"--manhole {endpoint}: cannot listen on 127.0.0.1 port {port}" in line
+    assert line.endswith("give --manhole another endpoint"), line
+
+
 def test_start_up_says_where_clients_and_browsers_connect(tmp_path: Path) -> None:
     with twistd(tmp_path, *ON_LOOPBACK, "--metrics-listen", "tcp:0:interface=127.0.0.1") as server:
         port, metrics_port = server.ports(2)
