@@ -34,6 +34,7 @@ class Limits:
     connect_burst: int = 100
     fd_reserve: int = 64
     client_log_rate: int = 20
+    access_log_rate: int = 300
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
 
 

@@ -821,6 +821,8 @@ class SignalingFactory(WebSocketServerFactory):
         self.admission = Admission(limits, clock, per_address=not trust_proxy)
         #: Bounds the log lines that clients can cause.
         self.log_budget = LogBudget(clock, limits.client_log_rate)
+        #: Bounds the HTTP access log, whose requests clients choose too.
+        self.access_log_budget = LogBudget(clock, limits.access_log_rate)
         #: Leave versions out of the Server header and /healthz (--hide-version).
         self.hide_version = False
         self.setProtocolOptions(

@@ -314,6 +314,14 @@ class Options(usage.Options):
             _count,
         ],
         [
+            "access-log-rate",
+            None,
+            _DEFAULTS.access_log_rate,
+            "Lines a minute of the HTTP access log (/healthz, /metrics, the demo's files); "
+            "the rest are counted in one line a minute.",
+            _count,
+        ],
+        [
             "metrics-listen",
             None,
             None,
@@ -483,6 +491,7 @@ class Options(usage.Options):
             connect_burst=self["connect-burst"],
             fd_reserve=self["fd-reserve"],
             client_log_rate=self["client-log-rate"],
+            access_log_rate=self["access-log-rate"],
             allowed_origins=tuple(self["allowed-origin"]),
         )
 

@@ -15,6 +15,7 @@ from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.web import http
 from twisted.web.iweb import IAccessLogFormatter
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
@@ -25,6 +26,7 @@ from . import __version__, metrics
 from .addresses import forwarded_address, socket_address
 from .admission import RETRY_AFTER, Admission
 from .demo import STATIC_PATH, StaticDirectory, StaticFileResource, load_static_files
+from .logs import LogBudget
 from .protocol import SignalingFactory
 from .timers import cancel
 
@@ -146,8 +148,10 @@ class SignalingSite(Site):
         *,
         trust_proxy: int = 0,
         untrusted_forwarding: Callable[[], None] | None = None,
+        access_log_budget: LogBudget | None = None,
     ) -> None:
         super().__init__(root, logFormatter=access_log_formatter(trust_proxy))
+        self.access_log_budget = access_log_budget
         self.clock = clock
         self.deadline = deadline
         self.admission = admission
@@ -166,6 +170,11 @@ class SignalingSite(Site):
             if headers.hasHeader(b"x-forwarded-for") or headers.hasHeader(b"forwarded"):
                 self.untrusted_forwarding()
         return resource
+
+    def log(self, request: http.Request) -> None:
+        """One access log line per request, within ``access_log_budget``."""
+        if self.access_log_budget is None or self.access_log_budget.allow("HTTP access log"):
+            super().log(request)
 
     def buildProtocol(self, addr: Any) -> Any:
         return self._with_deadline(super().buildProtocol(addr), self.deadline)
@@ -285,6 +294,7 @@ def build_site(
         factory.admission,
         trust_proxy=factory.trust_proxy,
         untrusted_forwarding=factory.untrusted_forwarding,
+        access_log_budget=factory.access_log_budget,
     )
     site.noisy = False
     site.server_header = b"signaling" if factory.hide_version else None

@@ -4,6 +4,7 @@ and the log volume clients can cause, against the real ``twistd signaling``."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import re
 import resource
 import select
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
@@ -26,6 +28,7 @@ from websockets.sync.client import connect
 from signaling.admission import AcceptErrorLog, Admission
 from signaling.limits import Limits
 
+from .conftest import wait_for
 from .twistd_process import ServerProcess, twistd
 
 #: Runs the rest of its arguments with RLIMIT_NOFILE set to (soft, hard) from argv[1:3].
@@ -283,6 +286,30 @@ def test_error_replies_are_counted_but_logged_a_few_times_a_minute(tmp_path: Pat
         assert metric(port, "signaling_errors_total", 'code="not_in_room"') == 500
         lines = server.output.splitlines()[mark:]
         assert len([line for line in lines if " not_in_room: " in line]) == 5, lines
+
+
+def access_lines(server: ServerProcess, mark: int) -> list[str]:
+    return [line for line in server.output.splitlines()[mark:] if '"GET /healthz HTTP/1.1"' in line]
+
+
+@pytest.mark.parametrize(("rate", "logged"), [("5", 5), ("0", 40)])  # 0: every request
+def test_the_access_log_is_bounded_too(tmp_path: Path, rate: str, logged: int) -> None:
+    """Plain HTTP requests are the client's to repeat: within a minute,
+    ``--access-log-rate`` lines, however many requests."""
+    with serve(tmp_path, "--access-log-rate", rate) as server:
+        port = server.port
+        mark = server.mark()
+        keep_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            for _ in range(40):
+                keep_alive.request("GET", "/healthz")
+                assert keep_alive.getresponse().read()
+        finally:
+            keep_alive.close()
+        # Each line is written before its response is sent.
+        assert wait_for(lambda: len(access_lines(server, mark)) >= logged)
+        server.stop()
+        assert len(access_lines(server, mark)) == logged
 
 
 def test_healthz_only_at_its_path_and_503_says_when_to_retry(tmp_path: Path) -> None:
