@@ -22,6 +22,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITransport,
 )
+from twisted.internet.defer import succeed
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -146,6 +147,10 @@ class SignalingProtocol(WebSocketServerProtocol):
             self._connectionLost(cast(Any, reason))
         else:
             super().connectionLost(reason)
+        # Autobahn resolves is_closed with the protocol itself, a reference
+        # cycle that only a full collection would free (rare, see tuning):
+        # every closed connection would stay in memory until then.
+        self.is_closed = succeed(None)
 
     def _cancel_handshake_deadline(self) -> None:
         cancel(self._handshake_deadline)
