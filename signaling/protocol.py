@@ -15,6 +15,7 @@ from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
 from autobahn.websocket.protocol import _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp, unix
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -22,7 +23,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITransport,
 )
-from twisted.internet.defer import succeed
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -49,10 +49,26 @@ _PLAIN_STREAMS = (tcp.Server, unix.Server)
 
 #: Close code for a text frame that is not UTF-8.
 CLOSE_INVALID_PAYLOAD = 1007
+#: Close code for a message too large, or split into too many frames.
+CLOSE_TOO_BIG = 1009
+#: Close code for a protocol violation (here: a malformed close frame).
+CLOSE_PROTOCOL_ERROR = 1002
+#: Close codes a peer may send (RFC 6455 section 7.4).
+_VALID_CLOSE_CODES = frozenset(WebSocketServerProtocol.CLOSE_STATUS_CODES_ALLOWED) | frozenset(
+    range(3000, 5000)
+)
 #: The WebSocket endpoint's path, as it appears in a request line.
 WEBSOCKET_TARGET = CONNECT_PATH.encode()
 #: RFC 6455's GUID for Sec-WebSocket-Accept.
 _WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class HTTPFallback(Protocol):
@@ -104,6 +120,11 @@ class SignalingProtocol(WebSocketServerProtocol):
     _backlog = 0
     _partial = b""
     _dropping = False
+    #: Frames of the message being received (Autobahn's path: fragmented ones).
+    _fragments = 0
+    #: Closed for flooding: what it still sends is not read.
+    _ignoring_input = False
+    _transport_gone = False
     _direct_socket: socket.socket | None = None
     _accepted_at = 0.0
     _greeting = b""
@@ -141,6 +162,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             cast(Any, self.transport).abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._transport_gone = True
         if not self.client_id:
             # Never opened: Autobahn would log a failed TLS handshake (a
             # scanner, plain HTTP on the wss port) as an error.
@@ -386,6 +408,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             or self.inside_message
             or self.data
         ):
+            if self._ignoring_input:
+                return
             if self._partial:  # the start of a frame read on the fast path
                 data, self._partial = self._partial + data, b""
             super().dataReceived(data)
@@ -410,8 +434,49 @@ class SignalingProtocol(WebSocketServerProtocol):
         factory.write_through = True
         if end == NEED_MORE:
             self._partial = buf[offset:]
-        elif offset < len(buf):
+        elif offset < len(buf) and not self._ignoring_input:
             super().dataReceived(buf[offset:])
+
+    def onFrameBegin(self) -> None:
+        """Count the frames that are not whole messages (which onMessage
+        counts): each continuation frame against ``--max-fragments`` and
+        the rate limit. Autobahn calls this for every frame it reads."""
+        if self.state == self.STATE_OPEN:
+            opcode = self.current_frame.opcode
+            if opcode == 0:
+                self._fragments += 1
+                limit = self.factory.limits.max_fragments
+                if limit and self._fragments > limit:
+                    _log.debug("too many fragments: closing {client_id}", client_id=self.client_id)
+                    self._close_flooder(CLOSE_TOO_BIG, f"more than {limit} frames in one message")
+                else:
+                    self._frame_allowed()
+            elif opcode < 8:
+                self._fragments = 1
+        super().onFrameBegin()
+
+    def _frame_allowed(self) -> bool:
+        """Spend a token of the rate limit on a frame that carries no
+        message (a ping, a pong, a continuation); past the strikes, close."""
+        limiter = self._limiter
+        if limiter is None or limiter.allow(self.factory.clock.seconds()):
+            return True
+        strikes = self.factory.limits.rate_limit_strikes
+        if strikes and limiter.strikes >= strikes:
+            _log.debug("frame flood: closing {client_id}", client_id=self.client_id)
+            self._close_flooder(CLOSE_POLICY, "rate limit exceeded")
+        return False
+
+    def onPing(self, payload: bytes) -> None:
+        """Answer, unless over the rate limit or too far behind: a client
+        that pings without reading must not make its pongs pile up."""
+        if (
+            self.state == self.STATE_OPEN
+            and not self._dropping
+            and self._frame_allowed()
+            and not (self._paused and self._too_far_behind(len(payload) + 2))
+        ):
+            self.sendPong(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.state != self.STATE_OPEN:
@@ -550,7 +615,79 @@ class SignalingProtocol(WebSocketServerProtocol):
             clean=wasClean,
         )
 
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        """The client's close frame. Autobahn answers a malformed one (and a
+        close after a protocol error) by aborting the TCP connection, which
+        discards the close frame that says why; here that frame is sent
+        and the connection ends in order."""
+        if self.state == self.STATE_OPEN:
+            if code is not None and code not in _VALID_CLOSE_CODES:
+                self.close_with(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+            elif reasonRaw is not None and not _is_utf8(reasonRaw):
+                self.close_with(CLOSE_INVALID_PAYLOAD, "close reason is not valid UTF-8")
+            else:
+                return cast(Any, super()).onCloseFrame(code, reasonRaw)
+            self.wasClean = False
+            self.wasNotCleanReason = "malformed close frame"
+        elif self.state == self.STATE_CLOSING:
+            # The answer to our close, or the frame that made Autobahn fail
+            # the connection (a one-byte payload).
+            timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+            if timer is not None:
+                timer.cancel()  # a batched timer: cancel() alone, no active()
+            self.wasClean = not self.failedByMe
+            if code in _VALID_CLOSE_CODES:
+                self.remoteCloseCode = code
+        else:
+            return cast(Any, super()).onCloseFrame(code, reasonRaw)
+        self._end_in_order()
+        return True
+
+    def _end_in_order(self) -> None:
+        """Close TCP once what is queued for the client has been sent; a
+        client that does not read it is cut off after the closing
+        handshake's timeout."""
+        transport = self._drop_quietly(abort=False)
+        timeout = cast(Any, self).closeHandshakeTimeout  # an Autobahn setting
+        if transport is not None and timeout > 0:
+            self.factory.clock.callLater(timeout, self._cut_off, transport)
+
+    def _cut_off(self, transport: Any) -> None:
+        if not self._transport_gone:
+            _log.debug("close not delivered in time: dropping {peer}", peer=self.peer)
+            transport.abortConnection()
+
+    def onCloseHandshakeTimeout(self) -> None:
+        """As Autobahn's, but logged at debug level: clients that never
+        answer a close (floods, vanished peers) are routine, and each one
+        must not cost a warning in the log."""
+        self.closeHandshakeTimeoutCall = None
+        if self.state != self.STATE_CLOSED:
+            _log.debug("no answer to close: dropping {peer}", peer=self.peer)
+            self.wasClean = False
+            self.wasNotCleanReason = "peer did not finish the closing handshake in time"
+            self.wasCloseHandshakeTimeout = True
+            self._drop_quietly(abort=True)
+
+    def _drop_quietly(self, abort: bool) -> Any:
+        """What Autobahn's dropConnection does, without its warning for
+        each unclean end; returns the transport, if there was one."""
+        transport: Any = self.transport
+        if transport is None:
+            return None
+        transport.unregisterProducer()
+        self.droppedByMe = True
+        self.state = self.STATE_CLOSED
+        cast(Any, self.is_closed).callback(self)  # as Autobahn's (txaio.resolve)
+        if abort:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+        return transport
+
     def onPong(self, payload: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self._frame_allowed()
         self._last_seen = self.factory.clock.seconds()
 
     # -- sending ---------------------------------------------------------------
@@ -559,12 +696,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         """Queue one frame, unless the client has fallen too far behind."""
         if self.state != self.STATE_OPEN or self._dropping:
             return
-        if self._paused:
-            self._backlog += len(data)
-            limit = self.factory.limits.max_send_buffer
-            if limit and self._queued_bytes() > limit:
-                self._drop_slow_consumer()
-                return
+        if self._paused and self._too_far_behind(len(data)):
+            return
         self.messages_out += 1
         self.factory.stats.bytes_out += len(data)
         self._write(text_frame(data))
@@ -625,12 +758,32 @@ class SignalingProtocol(WebSocketServerProtocol):
         strikes = self.factory.limits.rate_limit_strikes
         if strikes and limiter.strikes >= strikes:
             _log.info("rate limit: closing {client_id}", client_id=self.client_id)
-            self.close_with(CLOSE_POLICY, "rate limit exceeded")
+            self._close_flooder(CLOSE_POLICY, "rate limit exceeded")
             return
         self.send_error(
             messages.RATE_LIMITED,
             f"more than {limiter.rate:g} messages a second; message dropped",
         )
+
+    def _close_flooder(self, code: int, reason: str) -> None:
+        """Close, and read nothing more from this client: parsing the rest
+        of a flood would only cost time. Its reply to the close is not read
+        either, so the closing handshake times out and the connection is
+        dropped."""
+        self.close_with(code, reason)
+        self._ignoring_input = True
+        self.data = b""  # Autobahn's buffer: the rest of this read
+        self._partial = b""
+
+    def _too_far_behind(self, size: int) -> bool:
+        """Whether ``size`` more bytes for this paused client would exceed
+        ``--max-send-buffer``; if so, it is being dropped."""
+        self._backlog += size
+        limit = self.factory.limits.max_send_buffer
+        if limit and self._queued_bytes() > limit:
+            self._drop_slow_consumer()
+            return True
+        return False
 
     def _queued_bytes(self) -> int:
         """Bytes waiting in the transport for this client, while it is paused.
@@ -654,7 +807,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         # registry operation on this client's room.
         self._dropping = True
         self.factory.clock.callLater(
-            0, self.close_with, CLOSE_POLICY, "client is not reading its messages"
+            0, self._close_flooder, CLOSE_POLICY, "client is not reading its messages"
         )
 
     def _start_join_timer(self) -> None:

@@ -3,9 +3,16 @@ closed connections, and floods of frames that are not messages."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import struct
 import threading
 
+import pytest
+from websockets.sync.client import connect
+
+from .conftest import Client
+from .rawws import RawWebSocket, client_frame
 from .twistd_process import rss_bytes
 
 MIB = 1024 * 1024
@@ -74,3 +81,120 @@ def test_closed_connections_leave_no_memory_behind(run_twistd) -> None:
     grown = rss_bytes(pid) - before
     print(f"RSS grew by {grown / MIB:.1f} MiB over 30,000 connections")
     assert grown < 5 * MIB, f"RSS grew by {grown / MIB:.1f} MiB over 30,000 connections"
+
+
+# -- frames that are not messages ---------------------------------------------
+
+
+def honest_pair(port: int, stack: contextlib.ExitStack) -> tuple[Client, Client]:
+    """Two well-behaved clients in a room of their own."""
+    url = f"ws://127.0.0.1:{port}/connect"
+    x, y = (
+        Client(stack.enter_context(connect(url, proxy=None, open_timeout=5, close_timeout=1)))
+        for _ in range(2)
+    )
+    x.join("honest")
+    y.join("honest")
+    x.expect("new-client")
+    return x, y
+
+
+def assert_relays(x: Client, y: Client, text: str) -> None:
+    x.offer(y.id, text)
+    assert y.expect("offer", timeout=2)["sdp"] == text
+
+
+@pytest.mark.parametrize("options", [(), ("--rate-limit", "0")], ids=["rate-limit", "send-buffer"])
+def test_ping_flood_from_a_client_that_never_reads_is_closed(run_twistd, options) -> None:
+    """Pings count against the rate limit, and their pongs against
+    --max-send-buffer: either way the flooder goes, with memory bounded."""
+    server = run_twistd(*("--interface", "127.0.0.1", "--port", "0"), *options)
+    pid = server.process.pid
+    with contextlib.ExitStack() as stack:
+        x, y = honest_pair(server.port, stack)
+        flooder = RawWebSocket(server.port, rcvbuf=4096)
+        pings = client_frame(b"p" * 125, opcode=9) * 1000
+        baseline = peak = rss_bytes(pid)
+        sent = 0
+        try:
+            while sent < 1_000_000:  # 131 MB of pings
+                flooder.sock.sendall(pings)
+                sent += 1000
+                if sent % 50_000 == 0:
+                    peak = max(peak, rss_bytes(pid))
+                    assert_relays(x, y, f"after {sent} pings")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while it was still sending
+        peak = max(peak, rss_bytes(pid))
+        assert flooder.is_closed_by_peer(), f"{sent} pings and still connected"
+        print(f"closed after {sent} pings; server grew {(peak - baseline) / MIB:.1f} MiB")
+        assert peak - baseline < 16 * MIB, f"server grew by {(peak - baseline) / MIB:.1f} MiB"
+        assert_relays(x, y, "after the flood")
+
+
+def message_in_frames(text: bytes, count: int) -> bytes:
+    """``text`` as one message of ``count`` frames (the middle ones empty)."""
+    middle = b"".join(client_frame(b"", opcode=0, fin=False) for _ in range(count - 2))
+    return client_frame(text[:1], fin=False) + middle + client_frame(text[1:], opcode=0)
+
+
+def expect_close(ws: RawWebSocket) -> tuple[int, bytes]:
+    """The server's close frame (skipping other frames): code and reason;
+    then the connection must end in order, without a reset."""
+    while True:
+        opcode, data = ws.recv_frame()
+        if opcode == 8:
+            break
+    assert ws.is_closed_by_peer()
+    return struct.unpack("!H", data[:2])[0], data[2:]
+
+
+def test_message_in_more_fragments_than_allowed_is_closed_with_1009(run_twistd) -> None:
+    server = run_twistd("--interface", "127.0.0.1", "--port", "0", "--max-fragments", "16")
+    ws = RawWebSocket(server.port)
+    ws.sock.sendall(message_in_frames(b'{"type": "join", "payload": {"room_id": "r"}}', 16))
+    assert ws.recv_json()["type"] == "joined"
+    ws.sock.sendall(message_in_frames(b'{"type": "leave"}', 17))
+    assert expect_close(ws) == (1009, b"more than 16 frames in one message")
+
+
+def test_flood_of_empty_continuation_frames_is_closed(run_twistd) -> None:
+    server = run_twistd("--interface", "127.0.0.1", "--port", "0")
+    with contextlib.ExitStack() as stack:
+        x, y = honest_pair(server.port, stack)
+        ws = RawWebSocket(server.port)
+        empty = client_frame(b"", opcode=0, fin=False)
+        ws.sock.sendall(client_frame(b"{", fin=False) + empty * 100_000)
+        assert expect_close(ws) == (1009, b"more than 128 frames in one message")
+        assert_relays(x, y, "after the flood")
+
+
+def test_continuation_frames_count_against_the_rate_limit(run_twistd) -> None:
+    server = run_twistd(
+        *("--interface", "127.0.0.1", "--port", "0"),
+        *("--max-fragments", "0", "--rate-burst", "20", "--rate-limit-strikes", "10"),
+    )
+    ws = RawWebSocket(server.port)
+    empty = client_frame(b"", opcode=0, fin=False)
+    ws.sock.sendall(client_frame(b"{", fin=False) + empty * 1000)
+    assert expect_close(ws) == (1008, b"rate limit exceeded")
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (struct.pack("!H", 999), 1002),
+        (struct.pack("!H", 1005), 1002),
+        (struct.pack("!H", 5000), 1002),
+        (b"\x03", 1002),
+        (struct.pack("!H", 1000) + b"\xff\xfe", 1007),
+        (struct.pack("!H", 1000) + b"bye", 1000),
+        (struct.pack("!H", 4000), 1000),
+    ],
+    ids=["999", "1005", "5000", "one-byte", "reason-not-utf8", "normal", "private"],
+)
+def test_close_frames_are_answered_with_a_close_frame(run_twistd, payload, code) -> None:
+    server = run_twistd("--interface", "127.0.0.1", "--port", "0")
+    ws = RawWebSocket(server.port)
+    ws.sock.sendall(client_frame(payload, opcode=8))
+    assert expect_close(ws)[0] == code
