@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import socket
 from collections import Counter
 from time import perf_counter
@@ -59,6 +60,8 @@ _VALID_CLOSE_CODES = frozenset(WebSocketServerProtocol.CLOSE_STATUS_CODES_ALLOWE
 )
 #: The WebSocket endpoint's path, as it appears in a request line.
 WEBSOCKET_TARGET = CONNECT_PATH.encode()
+#: A CR or LF that is not part of a CRLF (a CR at the end may be, later).
+_BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
 #: RFC 6455's GUID for Sec-WebSocket-Accept.
 _WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -203,7 +206,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         if end < 0 or end + 4 > limit:
             if end >= 0 or len(data) > limit:
                 self._refuse_handshake(431, "request header fields too large")
-            elif b"\n\n" in data:
+            elif _BARE_CR_OR_LF.search(data):
+                # Autobahn refuses it once complete, if it ever is.
                 self._refuse_handshake(400, "request lines must end in CRLF")
             return
         if self.factory.plain_handshakes:
