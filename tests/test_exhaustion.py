@@ -4,14 +4,16 @@ closed connections, and floods of frames that are not messages."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import struct
 import threading
+import weakref
 
 import pytest
 from websockets.sync.client import connect
 
-from .conftest import Client
+from .conftest import Client, on_reactor, wait_for
 from .rawws import RawWebSocket, client_frame
 from .twistd_process import rss_bytes
 
@@ -198,3 +200,29 @@ def test_close_frames_are_answered_with_a_close_frame(run_twistd, payload, code)
     ws = RawWebSocket(server.port)
     ws.sock.sendall(client_frame(payload, opcode=8))
     assert expect_close(ws)[0] == code
+
+
+@pytest.mark.parametrize("ending", ["close", "abrupt", "bad-close", "kicked"])
+def test_a_closed_connection_is_freed_without_a_collection(server, ending) -> None:
+    """Nothing of a closed connection refers to itself: reference counting
+    frees it, with the cyclic collector off (a busy server rarely runs a
+    full collection)."""
+    gc.collect()
+    gc.disable()
+    try:
+        ws = RawWebSocket(server.port)
+        protocol = weakref.ref(on_reactor(lambda: server.factory.clients[ws.id]))
+        if ending == "close":
+            ws.sock.sendall(CLOSE_NORMAL)
+        elif ending == "abrupt":
+            ws.sock.close()
+        elif ending == "bad-close":
+            ws.sock.sendall(client_frame(struct.pack("!H", 999), opcode=8))
+        else:
+            on_reactor(lambda: server.factory.clients[ws.id].close_with(4000, "kicked"))
+            ws.recv_frame()
+            ws.sock.sendall(CLOSE_NORMAL)
+        assert wait_for(lambda: protocol() is None), gc.get_referrers(protocol())
+    finally:
+        gc.enable()
+        ws.close()
