@@ -620,19 +620,25 @@ class SignalingProtocol(WebSocketServerProtocol):
         )
 
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
-        """The client's close frame. Autobahn answers a malformed one (and a
-        close after a protocol error) by aborting the TCP connection, which
-        discards the close frame that says why; here that frame is sent
-        and the connection ends in order."""
+        """The client's close frame, answered as Autobahn does, except that
+        the connection always ends in order (Autobahn aborts it after a
+        malformed close, or a close after a protocol error, which discards
+        the close frame that says why) and within a deadline (a client that
+        closes but does not read could otherwise keep it forever)."""
         if self.state == self.STATE_OPEN:
             if code is not None and code not in _VALID_CLOSE_CODES:
                 self.close_with(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+                self.wasClean = False
+                self.wasNotCleanReason = "malformed close frame"
             elif reasonRaw is not None and not _is_utf8(reasonRaw):
                 self.close_with(CLOSE_INVALID_PAYLOAD, "close reason is not valid UTF-8")
+                self.wasClean = False
+                self.wasNotCleanReason = "malformed close frame"
             else:
-                return cast(Any, super()).onCloseFrame(code, reasonRaw)
-            self.wasClean = False
-            self.wasNotCleanReason = "malformed close frame"
+                self.remoteCloseCode = code
+                self.remoteCloseReason = None if reasonRaw is None else reasonRaw.decode()
+                self.wasClean = True
+                self.sendCloseFrame(code=self.CLOSE_STATUS_CODE_NORMAL, isReply=True)
         elif self.state == self.STATE_CLOSING:
             # The answer to our close, or the frame that made Autobahn fail
             # the connection (a one-byte payload).

@@ -226,3 +226,20 @@ def test_a_closed_connection_is_freed_without_a_collection(server, ending) -> No
     finally:
         gc.enable()
         ws.close()
+
+
+def test_client_that_closes_but_never_reads_is_cut_off(make_server) -> None:
+    """Its close is answered, but the answer waits behind what it did not
+    read: the connection still ends, after the closing handshake's timeout."""
+    server = make_server(rate_limit=0, max_send_buffer=0)
+    stalled = RawWebSocket(server.port, rcvbuf=4096)
+    stalled.send("join", {"room_id": "r"})
+    assert stalled.recv_json()["type"] == "joined"
+    sender = server.client()
+    sender.join("r")
+    for _ in range(100):  # 2.5 MB it never reads
+        sender.offer(stalled.id, "x" * 25_000)
+    assert wait_for(lambda: on_reactor(lambda: server.factory.clients[stalled.id]._paused))
+    stalled.sock.sendall(CLOSE_NORMAL)
+    assert wait_for(lambda: stalled.id not in server.factory.clients)
+    stalled.close()
