@@ -860,7 +860,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         _log.info("keepalive timeout {client_id}", client_id=self.client_id)
         self.wasClean = False
         self.wasNotCleanReason = "no answer to a keepalive ping"
-        self.dropConnection(abort=True)
+        self._drop_quietly(abort=True)  # the line above says it; no warning too
 
     # -- IPushProducer: the transport tells us when the client lags ---------
 

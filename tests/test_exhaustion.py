@@ -11,6 +11,8 @@ import threading
 import weakref
 
 import pytest
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 from websockets.sync.client import connect
 
 from .conftest import Client, on_reactor, wait_for
@@ -243,3 +245,23 @@ def test_client_that_closes_but_never_reads_is_cut_off(make_server) -> None:
     stalled.sock.sendall(CLOSE_NORMAL)
     assert wait_for(lambda: stalled.id not in server.factory.clients)
     stalled.close()
+
+
+def test_closing_floods_and_silent_peers_costs_no_warning(make_server, info_events) -> None:
+    """Each of these is one client's doing, so it must not put a warning
+    in the log: a flooder that ignores the close, a bad close frame, a
+    peer that stops answering pings."""
+    clock = Clock()
+    server = make_server(clock=clock, rate_burst=5, rate_limit_strikes=5)
+    flooder = RawWebSocket(server.port)
+    flooder.sock.sendall(client_frame(b"", opcode=9) * 50)
+    bad_close = RawWebSocket(server.port)
+    bad_close.sock.sendall(client_frame(struct.pack("!H", 999), opcode=8))
+    silent = RawWebSocket(server.port)
+    on_reactor(clock.advance, 20)  # a keepalive ping...
+    on_reactor(clock.advance, 20)  # ...unanswered
+    assert wait_for(lambda: not server.factory.clients)
+    warnings = [e for e in info_events if e["log_level"] >= LogLevel.warn]
+    assert not warnings, [e.get("log_format") for e in warnings]
+    for ws in (flooder, bad_close, silent):
+        ws.close()
