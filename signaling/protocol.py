@@ -127,7 +127,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     _fragments = 0
     #: Closed for flooding: what it still sends is not read.
     _ignoring_input = False
-    _transport_gone = False
+    #: Cuts the connection off if the end of a close does not drain.
+    _close_deadline: IDelayedCall | None = None
     _direct_socket: socket.socket | None = None
     _accepted_at = 0.0
     _greeting = b""
@@ -165,7 +166,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             cast(Any, self.transport).abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._transport_gone = True
+        cancel(self._close_deadline)  # and free this object now, not then
+        self._close_deadline = None
         if not self.client_id:
             # Never opened: Autobahn would log a failed TLS handshake (a
             # scanner, plain HTTP on the wss port) as an error.
@@ -395,6 +397,11 @@ class SignalingProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_CONNECTING and data.startswith(b"HTTP/1.1 101 "):
             # Autobahn's succeedHandshake: onOpen follows at once and sends it.
             self._greeting = data
+            return
+        if self.state == self.STATE_OPEN and not (sync or chopsize):
+            # Control frames (pongs, close frames) as send_frame sends: at
+            # once when nothing is queued, so a close leaves nothing behind.
+            self._write(data)
             return
         super().sendData(data, sync, chopsize)
 
@@ -660,12 +667,12 @@ class SignalingProtocol(WebSocketServerProtocol):
         transport = self._drop_quietly(abort=False)
         timeout = cast(Any, self).closeHandshakeTimeout  # an Autobahn setting
         if transport is not None and timeout > 0:
-            self.factory.clock.callLater(timeout, self._cut_off, transport)
+            self._close_deadline = self.factory.clock.callLater(timeout, self._cut_off, transport)
 
     def _cut_off(self, transport: Any) -> None:
-        if not self._transport_gone:
-            _log.debug("close not delivered in time: dropping {peer}", peer=self.peer)
-            transport.abortConnection()
+        self._close_deadline = None
+        _log.debug("close not delivered in time: dropping {peer}", peer=self.peer)
+        transport.abortConnection()
 
     def onCloseHandshakeTimeout(self) -> None:
         """As Autobahn's, but logged at debug level: clients that never
