@@ -75,7 +75,8 @@ def headline(record: dict[str, Any]) -> str:
         return (
             f"{f['msgs_per_s_before']:,.0f} -> {f['msgs_per_s_after']:,.0f} msgs/s "
             f"({f['change_pct']:+.1f}%), server {f['server_cpu_us_per_msg_before'] or 0:.1f} -> "
-            f"{f['server_cpu_us_per_msg_after'] or 0:.1f} us CPU/msg"
+            f"{f['server_cpu_us_per_msg_after'] or 0:.1f} us CPU/msg, "
+            f"RSS {f['rss_before_churn_mb']:.0f} -> {f['rss_after_churn_mb']:.0f} MB"
         )
     return json.dumps(f)
 

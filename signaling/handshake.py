@@ -12,10 +12,18 @@ request it would refuse is never accepted here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 #: The WebSocket endpoint.
 CONNECT_PATH = "/connect"
+#: What Autobahn refuses anywhere in a request's head (it then answers
+#: 400): control characters other than HTAB and CRLF pairs, and CR or LF
+#: alone. str.splitlines() would split at several of them (and at NEL),
+#: so a header could hide inside another.
+_INVALID_HEAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+#: A header name (RFC 9110 token), as Autobahn requires it.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _KEY_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/")
 
 
@@ -42,10 +50,13 @@ def _has_token(value: str | None, token: str) -> bool:
 def plain_upgrade(head: bytes) -> PlainUpgrade | None:
     """The request whose line and headers are ``head`` (up to, not
     including, the blank line), if it is a plain upgrade; otherwise None."""
-    lines = head.decode("iso-8859-1").splitlines()
-    if not lines:
+    text = head.decode("iso-8859-1")
+    if _INVALID_HEAD.search(text):
         return None
-    status_line = lines[0].strip()
+    lines = text.split("\r\n")
+    status_line = lines[0].strip(" ")
+    if "\t" in status_line:
+        return None
     parts = status_line.split()
     if len(parts) != 3 or parts[0] != "GET" or parts[2] != "HTTP/1.1":
         return None
@@ -56,15 +67,16 @@ def plain_upgrade(head: bytes) -> PlainUpgrade | None:
     headers: dict[str, str] = {}
     for line in lines[1:]:
         colon = line.find(":")
-        if colon <= 0:
-            return None  # Autobahn skips such a line; let it
-        name = line[:colon].strip().lower()
+        if colon <= 0 or not _FIELD_NAME.fullmatch(line, 0, colon):
+            return None  # Autobahn refuses it
+        name = line[:colon].lower()
         if name in headers:
             return None  # repeated headers: Autobahn counts and joins them
-        headers[name] = line[colon + 1 :].strip()
+        headers[name] = line[colon + 1 :].strip(" \t")
     host = headers.get("host")
     if host is None:
         return None
+    host = host.strip()
     if ":" in host and not host.endswith("]"):
         host, _, port = host.rpartition(":")
         port = port.strip()
@@ -77,7 +89,8 @@ def plain_upgrade(head: bytes) -> PlainUpgrade | None:
         and "sec-websocket-protocol" not in headers
     ):
         return None
-    if headers.get("origin") == "":
+    origin = headers.get("origin", "").strip()  # Autobahn's strip(): NBSP, NEL too
+    if origin == "" and "origin" in headers:
         return None  # Autobahn refuses an empty Origin
     key = headers.get("sec-websocket-key", "")
     if len(key) != 24 or key[-2:] != "==" or not _KEY_ALPHABET.issuperset(key[:-2]):
@@ -89,6 +102,6 @@ def plain_upgrade(head: bytes) -> PlainUpgrade | None:
         query=query,
         host=host,
         key=key,
-        origin=headers.get("origin", ""),
+        origin=origin,
         extensions=headers.get("sec-websocket-extensions"),
     )

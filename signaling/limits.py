@@ -14,6 +14,7 @@ class Limits:
     """Every limit the server enforces; 0 turns a count or time limit off."""
 
     max_message_size: int = 64 * KIB
+    max_fragments: int = 128
     max_room_id_length: int = DEFAULT_MAX_ROOM_ID_LENGTH
     max_room_size: int = 50
     max_rooms: int = 10_000

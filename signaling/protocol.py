@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import socket
 from collections import Counter
 from time import perf_counter
@@ -16,6 +17,7 @@ from autobahn.websocket.protocol import _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from OpenSSL import SSL
 from twisted.internet import tcp, unix
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -52,10 +54,28 @@ _PLAIN_STREAMS = (tcp.Server, unix.Server)
 
 #: Close code for a text frame that is not UTF-8.
 CLOSE_INVALID_PAYLOAD = 1007
+#: Close code for a message too large, or split into too many frames.
+CLOSE_TOO_BIG = 1009
+#: Close code for a protocol violation (here: a malformed close frame).
+CLOSE_PROTOCOL_ERROR = 1002
+#: Close codes a peer may send (RFC 6455 section 7.4).
+_VALID_CLOSE_CODES = frozenset(WebSocketServerProtocol.CLOSE_STATUS_CODES_ALLOWED) | frozenset(
+    range(3000, 5000)
+)
 #: The WebSocket endpoint's path, as it appears in a request line.
 WEBSOCKET_TARGET = CONNECT_PATH.encode()
+#: A CR or LF that is not part of a CRLF (a CR at the end may be, later).
+_BARE_CR_OR_LF = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
 #: RFC 6455's GUID for Sec-WebSocket-Accept.
 _WS_MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class HTTPFallback(Protocol):
@@ -109,6 +129,12 @@ class SignalingProtocol(WebSocketServerProtocol):
     _backlog = 0
     _partial = b""
     _dropping = False
+    #: Frames of the message being received (Autobahn's path: fragmented ones).
+    _fragments = 0
+    #: Closed for flooding: what it still sends is not read.
+    _ignoring_input = False
+    #: Cuts the connection off if the end of a close does not drain.
+    _close_deadline: IDelayedCall | None = None
     _direct_socket: socket.socket | None = None
     _accepted_at = 0.0
     _greeting = b""
@@ -156,6 +182,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             cast(Any, self.transport).abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        cancel(self._close_deadline)  # and free this object now, not then
+        self._close_deadline = None
         if not self.client_id:
             if self.transport is not None:
                 self.factory.admission.release(cast(ITransport, self.transport))
@@ -171,6 +199,10 @@ class SignalingProtocol(WebSocketServerProtocol):
             self._connectionLost(cast(Any, reason))
         else:
             super().connectionLost(reason)
+        # Autobahn resolves is_closed with the protocol itself, a reference
+        # cycle that only a full collection would free (rare, see tuning):
+        # every closed connection would stay in memory until then.
+        self.is_closed = succeed(None)
 
     def _cancel_handshake_deadline(self) -> None:
         cancel(self._handshake_deadline)
@@ -201,7 +233,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         if end < 0 or end + 4 > limit:
             if end >= 0 or len(data) > limit:
                 self._refuse_handshake(431, "request header fields too large")
-            elif b"\n\n" in data:
+            elif _BARE_CR_OR_LF.search(data):
+                # Autobahn refuses it once complete, if it ever is.
                 self._refuse_handshake(400, "request lines must end in CRLF")
             return
         if self.factory.plain_handshakes:
@@ -419,6 +452,11 @@ class SignalingProtocol(WebSocketServerProtocol):
             # Autobahn's succeedHandshake: onOpen follows at once and sends it.
             self._greeting = data
             return
+        if self.state == self.STATE_OPEN and not (sync or chopsize):
+            # Control frames (pongs, close frames) as send_frame sends: at
+            # once when nothing is queued, so a close leaves nothing behind.
+            self._write(data)
+            return
         super().sendData(data, sync, chopsize)
 
     def dataReceived(self, data: bytes) -> None:
@@ -435,6 +473,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             or self.inside_message
             or self.data
         ):
+            if self._ignoring_input:
+                return
             if self._partial:  # the start of a frame read on the fast path
                 data, self._partial = self._partial + data, b""
             super().dataReceived(data)
@@ -459,8 +499,49 @@ class SignalingProtocol(WebSocketServerProtocol):
         factory.write_through = True
         if end == NEED_MORE:
             self._partial = buf[offset:]
-        elif offset < len(buf):
+        elif offset < len(buf) and not self._ignoring_input:
             super().dataReceived(buf[offset:])
+
+    def onFrameBegin(self) -> None:
+        """Count the frames that are not whole messages (which onMessage
+        counts): each continuation frame against ``--max-fragments`` and
+        the rate limit. Autobahn calls this for every frame it reads."""
+        if self.state == self.STATE_OPEN:
+            opcode = self.current_frame.opcode
+            if opcode == 0:
+                self._fragments += 1
+                limit = self.factory.limits.max_fragments
+                if limit and self._fragments > limit:
+                    _log.debug("too many fragments: closing {client_id}", client_id=self.client_id)
+                    self._close_flooder(CLOSE_TOO_BIG, f"more than {limit} frames in one message")
+                else:
+                    self._frame_allowed()
+            elif opcode < 8:
+                self._fragments = 1
+        super().onFrameBegin()
+
+    def _frame_allowed(self) -> bool:
+        """Spend a token of the rate limit on a frame that carries no
+        message (a ping, a pong, a continuation); past the strikes, close."""
+        limiter = self._limiter
+        if limiter is None or limiter.allow(self.factory.clock.seconds()):
+            return True
+        strikes = self.factory.limits.rate_limit_strikes
+        if strikes and limiter.strikes >= strikes:
+            _log.debug("frame flood: closing {client_id}", client_id=self.client_id)
+            self._close_flooder(CLOSE_POLICY, "rate limit exceeded")
+        return False
+
+    def onPing(self, payload: bytes) -> None:
+        """Answer, unless over the rate limit or too far behind: a client
+        that pings without reading must not make its pongs pile up."""
+        if (
+            self.state == self.STATE_OPEN
+            and not self._dropping
+            and self._frame_allowed()
+            and not (self._paused and self._too_far_behind(len(payload) + 2))
+        ):
+            self.sendPong(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.state != self.STATE_OPEN:
@@ -600,7 +681,85 @@ class SignalingProtocol(WebSocketServerProtocol):
             clean=wasClean,
         )
 
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        """The client's close frame, answered as Autobahn does, except that
+        the connection always ends in order (Autobahn aborts it after a
+        malformed close, or a close after a protocol error, which discards
+        the close frame that says why) and within a deadline (a client that
+        closes but does not read could otherwise keep it forever)."""
+        if self.state == self.STATE_OPEN:
+            if code is not None and code not in _VALID_CLOSE_CODES:
+                self.close_with(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+                self.wasClean = False
+                self.wasNotCleanReason = "malformed close frame"
+            elif reasonRaw is not None and not _is_utf8(reasonRaw):
+                self.close_with(CLOSE_INVALID_PAYLOAD, "close reason is not valid UTF-8")
+                self.wasClean = False
+                self.wasNotCleanReason = "malformed close frame"
+            else:
+                self.remoteCloseCode = code
+                self.remoteCloseReason = None if reasonRaw is None else reasonRaw.decode()
+                self.wasClean = True
+                self.sendCloseFrame(code=self.CLOSE_STATUS_CODE_NORMAL, isReply=True)
+        elif self.state == self.STATE_CLOSING:
+            # The answer to our close, or the frame that made Autobahn fail
+            # the connection (a one-byte payload).
+            timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+            if timer is not None:
+                timer.cancel()  # a batched timer: cancel() alone, no active()
+            self.wasClean = not self.failedByMe
+            if code in _VALID_CLOSE_CODES:
+                self.remoteCloseCode = code
+        else:
+            return cast(Any, super()).onCloseFrame(code, reasonRaw)
+        self._end_in_order()
+        return True
+
+    def _end_in_order(self) -> None:
+        """Close TCP once what is queued for the client has been sent; a
+        client that does not read it is cut off after the closing
+        handshake's timeout."""
+        transport = self._drop_quietly(abort=False)
+        timeout = cast(Any, self).closeHandshakeTimeout  # an Autobahn setting
+        if transport is not None and timeout > 0:
+            self._close_deadline = self.factory.clock.callLater(timeout, self._cut_off, transport)
+
+    def _cut_off(self, transport: Any) -> None:
+        self._close_deadline = None
+        _log.debug("close not delivered in time: dropping {peer}", peer=self.peer)
+        transport.abortConnection()
+
+    def onCloseHandshakeTimeout(self) -> None:
+        """As Autobahn's, but logged at debug level: clients that never
+        answer a close (floods, vanished peers) are routine, and each one
+        must not cost a warning in the log."""
+        self.closeHandshakeTimeoutCall = None
+        if self.state != self.STATE_CLOSED:
+            _log.debug("no answer to close: dropping {peer}", peer=self.peer)
+            self.wasClean = False
+            self.wasNotCleanReason = "peer did not finish the closing handshake in time"
+            self.wasCloseHandshakeTimeout = True
+            self._drop_quietly(abort=True)
+
+    def _drop_quietly(self, abort: bool) -> Any:
+        """What Autobahn's dropConnection does, without its warning for
+        each unclean end; returns the transport, if there was one."""
+        transport: Any = self.transport
+        if transport is None:
+            return None
+        transport.unregisterProducer()
+        self.droppedByMe = True
+        self.state = self.STATE_CLOSED
+        cast(Any, self.is_closed).callback(self)  # as Autobahn's (txaio.resolve)
+        if abort:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+        return transport
+
     def onPong(self, payload: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self._frame_allowed()
         self._last_seen = self.factory.clock.seconds()
 
     # -- sending ---------------------------------------------------------------
@@ -609,12 +768,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         """Queue one frame, unless the client has fallen too far behind."""
         if self.state != self.STATE_OPEN or self._dropping:
             return
-        if self._paused:
-            self._backlog += len(data)
-            limit = self.factory.limits.max_send_buffer
-            if limit and self._queued_bytes() > limit:
-                self._drop_slow_consumer()
-                return
+        if self._paused and self._too_far_behind(len(data)):
+            return
         self.messages_out += 1
         self.factory.stats.bytes_out += len(data)
         self._write(text_frame(data))
@@ -678,12 +833,32 @@ class SignalingProtocol(WebSocketServerProtocol):
         if strikes and limiter.strikes >= strikes:
             if self.factory.log_budget.allow("rate limit"):
                 _log.info("rate limit: closing {client_id}", client_id=self.client_id)
-            self.close_with(CLOSE_POLICY, "rate limit exceeded")
+            self._close_flooder(CLOSE_POLICY, "rate limit exceeded")
             return
         self.send_error(
             messages.RATE_LIMITED,
             f"more than {limiter.rate:g} messages a second; message dropped",
         )
+
+    def _close_flooder(self, code: int, reason: str) -> None:
+        """Close, and read nothing more from this client: parsing the rest
+        of a flood would only cost time. Its reply to the close is not read
+        either, so the closing handshake times out and the connection is
+        dropped."""
+        self.close_with(code, reason)
+        self._ignoring_input = True
+        self.data = b""  # Autobahn's buffer: the rest of this read
+        self._partial = b""
+
+    def _too_far_behind(self, size: int) -> bool:
+        """Whether ``size`` more bytes for this paused client would exceed
+        ``--max-send-buffer``; if so, it is being dropped."""
+        self._backlog += size
+        limit = self.factory.limits.max_send_buffer
+        if limit and self._queued_bytes() > limit:
+            self._drop_slow_consumer()
+            return True
+        return False
 
     def _queued_bytes(self) -> int:
         """Bytes waiting in the transport for this client, while it is paused.
@@ -708,7 +883,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         # registry operation on this client's room.
         self._dropping = True
         self.factory.clock.callLater(
-            0, self.close_with, CLOSE_POLICY, "client is not reading its messages"
+            0, self._close_flooder, CLOSE_POLICY, "client is not reading its messages"
         )
 
     def _start_join_timer(self) -> None:
@@ -752,7 +927,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             _log.info("keepalive timeout {client_id}", client_id=self.client_id)
         self.wasClean = False
         self.wasNotCleanReason = "no answer to a keepalive ping"
-        self.dropConnection(abort=True)
+        self._drop_quietly(abort=True)  # the line above says it; no warning too
 
     # -- IPushProducer: the transport tells us when the client lags ---------
 

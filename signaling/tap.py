@@ -179,6 +179,14 @@ class Options(usage.Options):
             _positive_int,
         ],
         [
+            "max-fragments",
+            None,
+            _DEFAULTS.max_fragments,
+            "Most frames one WebSocket message may be split into; more close the "
+            "connection with 1009.",
+            _count,
+        ],
+        [
             "max-room-id-length",
             None,
             _DEFAULTS.max_room_id_length,
@@ -471,6 +479,7 @@ class Options(usage.Options):
     def limits(self) -> Limits:
         return Limits(
             max_message_size=self["max-message-size"],
+            max_fragments=self["max-fragments"],
             max_room_id_length=self["max-room-id-length"],
             max_room_size=self["max-room-size"],
             max_rooms=self["max-rooms"],

@@ -57,6 +57,11 @@ def tune_gc() -> None:
     collections run less often: with the default thresholds, full
     collections during a burst of connections took most of the CPU and
     paused every client for hundreds of milliseconds.
+
+    A full collection is then rare, so what a closed connection leaves
+    must be freed by reference counting alone: a reference cycle would
+    keep the whole connection in memory until then
+    (``SignalingProtocol.connectionLost`` breaks the one Autobahn makes).
     """
     gc.collect()
     gc.freeze()

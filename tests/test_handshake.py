@@ -200,8 +200,42 @@ def test_plain_requests_take_the_one_pass_path(servers) -> None:
         BROWSER.replace("signaling.example.com\r\n", "signaling.example.com:\xb2\r\n") + "\r\n",
         BROWSER.replace("signaling.example.com\r\n", "example.com:" + "1" * 5000 + "\r\n") + "\r\n",
         "\r\n\r\n",
+        BROWSER.replace("\r\n", "\n") + "\n",
+        BROWSER.replace("\r\n", "\n") + "\r\n",
+        BROWSER.replace("Pragma: no-cache", "Pragma: no\x0bcache") + "\r\n",
+        BROWSER.replace("Pragma: no-cache", "Pragma: no\x0ccache") + "\r\n",
+        BROWSER.replace("Pragma: no-cache", "Pragma: no\x85cache") + "\r\n",
+        BROWSER.replace(f"Sec-WebSocket-Key: {KEY}\r\n", "").replace(
+            "Pragma: no-cache", f"Pragma: no-cache\rSec-WebSocket-Key: {KEY}"
+        )
+        + "\r\n",
+        BROWSER.replace(f"Sec-WebSocket-Key: {KEY}\r\n", "").replace(
+            "Pragma: no-cache", f"Pragma: no-cache\x85Sec-WebSocket-Key: {KEY}"
+        )
+        + "\r\n",
+        BROWSER.replace("Pragma: no-cache", "Pragma : no-cache") + "\r\n",
+        BROWSER.replace("Pragma: no-cache", " Pragma: no-cache") + "\r\n",
+        BROWSER.replace(f"Origin: {ALLOWED}", f"Origin: \xa0{ALLOWED}\xa0") + "\r\n",
+        BROWSER.replace("GET /connect?room=a", "GET\t/connect?room=a") + "\r\n",
     ],
-    ids=["empty-origin", "blank-origin", "unicode-port", "long-port", "empty"],
+    ids=[
+        "empty-origin",
+        "blank-origin",
+        "unicode-port",
+        "long-port",
+        "empty",
+        "bare-lf",
+        "bare-lf-then-crlf",
+        "vertical-tab",
+        "form-feed",
+        "nel",
+        "key-after-bare-cr",
+        "key-after-nel",
+        "space-before-colon",
+        "folded-line",
+        "nbsp-around-origin",
+        "tab-in-request-line",
+    ],
 )
 def test_edge_cases_are_answered_as_autobahn_would(servers, request_text: str) -> None:
     assert_same_answer(servers, request_text.encode("latin-1"))
@@ -269,6 +303,7 @@ header_lines = st.tuples(
         "example.com:" + "1" * 5000,
         "[::1]",
         "[::1]:80",
+        "\xa0example.com\x85",
         "",
     ),
     header("Upgrade", "websocket", "WebSocket", "h2c, websocket", "h2c", ""),
@@ -276,7 +311,17 @@ header_lines = st.tuples(
     header("Sec-WebSocket-Version", "13", "8", "12", "013", "x"),
     header("Sec-WebSocket-Key", KEY, "short==", KEY[:-2] + "AA", "!" + KEY[1:], ""),
     optional(
-        "Origin", ALLOWED, "https://evil.example", "null", "file:///x", "http://", "x", "", " "
+        "Origin",
+        ALLOWED,
+        "https://evil.example",
+        "null",
+        "file:///x",
+        "http://",
+        "x",
+        "",
+        " ",
+        "\xa0",
+        f"\xa0{ALLOWED}",
     ),
     optional("Sec-WebSocket-Protocol", "chat", "a, a", ""),
     optional(
@@ -289,6 +334,27 @@ header_lines = st.tuples(
     ),
     optional("X-Forwarded-For", "203.0.113.7", "198.51.100.1, 203.0.113.7", ""),
     st.sampled_from([[], [], ["User-Agent: Mozilla/5.0"], ["no colon here"], [":empty name"]]),
+    # What str.splitlines() and str.strip() take for line breaks or
+    # spaces, and HTTP does not: a header hidden behind one, or a bad one.
+    st.one_of(
+        st.just([]),
+        st.just([]),
+        st.builds(
+            lambda sep, hidden: [f"X-Note: a{sep}{hidden}"],
+            st.sampled_from(["\x0b", "\x0c", "\x1c", "\x1e", "\x85", "\r", "\n", "\x00", "\x7f"]),
+            st.sampled_from(["b", f"Sec-WebSocket-Key: {KEY}", "Host: example.com"]),
+        ),
+        st.sampled_from(
+            [
+                [" folded: x"],
+                ["\tfolded"],
+                ["Bad Name: x"],
+                ["X-Note : x"],
+                ["X-Note:\xa0x\xa0"],
+                ["X-Note:\tx\t"],
+            ]
+        ),
+    ),
 ).map(lambda groups: [line for group in groups for line in group])
 
 
@@ -299,9 +365,9 @@ def request(method: str, target: str, version: str, lines: list[str]) -> bytes:
 
 requests = st.builds(
     request,
-    mostly("GET", "POST", "get"),
+    mostly("GET", "POST", "get", "\tGET"),
     mostly("/connect", "/connect?room=a&x=1", "/connect?x#f", "/connect#f", "/connect;p"),
-    mostly("HTTP/1.1", "HTTP/1.0", "HTTP/2"),
+    mostly("HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.1\xa0", "HTTP/1.1\x0b"),
     header_lines.flatmap(st.permutations),
 )
 
