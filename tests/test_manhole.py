@@ -417,9 +417,9 @@ def twistd_manhole(
             *("--manhole", "tcp:0:interface=127.0.0.1", "--manhole-keys", str(keys_file)),
             *("--manhole-host-key", str(tmp_path / "host_key"), *args),
         )
-        signaling = int(process.wait_for(r"SignalingFactory starting on (\d+)").group(1))
-        (console,) = set(process.ports(2)) - {signaling}
-        return process, console
+        # The last start-up line: once it is there, only the console's own follow.
+        console = process.wait_for(r"admin console at ssh://127\.0\.0\.1:(\d+)").group(1)
+        return process, int(console)
 
     return start
 
