@@ -22,7 +22,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
-from websockets.exceptions import InvalidMessage
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.sync.client import connect
 
 from signaling.admission import AcceptErrorLog, Admission
@@ -66,6 +66,19 @@ def metric(port: int, name: str, labels: str = "") -> float:
 def honest_handshake(port: int) -> None:
     with connect(f"ws://127.0.0.1:{port}/connect", proxy=None, open_timeout=10) as ws:
         assert '"notify-client-id"' in ws.recv(10)
+
+
+def honest_handshake_with_retry(port: int, attempts: int = 3) -> None:
+    """As a client application does: when the server is out of descriptors
+    for a moment its last ones go to no one, so try again (a flood that
+    holds every descriptor lets none in, however often)."""
+    for attempt in range(attempts):
+        try:
+            honest_handshake(port)
+            return
+        except (OSError, ConnectionClosed, InvalidMessage):
+            if attempt == attempts - 1:
+                raise
 
 
 def idle_connection(port: int, source: str) -> socket.socket | None:
@@ -215,7 +228,7 @@ def test_honest_clients_get_in_while_idle_connections_exhaust_descriptors(
         with Flood(port, sources, keep=100) as flood:
             flood.wait_opened(1000)
             for _ in range(10):
-                honest_handshake(port)
+                honest_handshake_with_retry(port)
             status, _, _ = http_get(port, "/healthz")
             assert status == 200
             opened_meanwhile = flood.opened

@@ -76,7 +76,9 @@ def churn(port: int, total: int, workers: int = 4, batch: int = 250) -> None:
 def test_closed_connections_leave_no_memory_behind(run_twistd) -> None:
     server = run_twistd(
         *("--interface", "127.0.0.1", "--port", "0"),
-        *("--max-connections-per-address", "0"),
+        # One client address for everything: no per-address limits.
+        *("--max-connections-per-address", "0", "--max-pending-per-address", "0"),
+        *("--connect-rate", "0"),
     )
     pid = server.process.pid
     churn(server.port, 4000)  # warm up: allocator pools, interned strings, caches
