@@ -135,6 +135,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     _ignoring_input = False
     #: Cuts the connection off if the end of a close does not drain.
     _close_deadline: IDelayedCall | None = None
+    #: Bytes of an unfinished handshake already checked for bare line ends.
+    _scanned = 0
     _direct_socket: socket.socket | None = None
     _accepted_at = 0.0
     _greeting = b""
@@ -184,6 +186,10 @@ class SignalingProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         cancel(self._close_deadline)  # and free this object now, not then
         self._close_deadline = None
+        # Autobahn leaves its own closing-handshake timer running.
+        timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+        if timer is not None:
+            timer.cancel()  # a batched timer: cancel() alone, no active()
         if not self.client_id:
             if self.transport is not None:
                 self.factory.admission.release(cast(ITransport, self.transport))
@@ -233,9 +239,14 @@ class SignalingProtocol(WebSocketServerProtocol):
         if end < 0 or end + 4 > limit:
             if end >= 0 or len(data) > limit:
                 self._refuse_handshake(431, "request header fields too large")
-            elif _BARE_CR_OR_LF.search(data):
+            elif _BARE_CR_OR_LF.search(data, max(self._scanned - 1, 0)):
                 # Autobahn refuses it once complete, if it ever is.
                 self._refuse_handshake(400, "request lines must end in CRLF")
+            else:
+                # Only what arrives next is scanned (from the last byte, a CR
+                # whose LF may follow): a request trickling in costs no more
+                # than one arriving whole.
+                self._scanned = len(data)
             return
         if self.factory.plain_handshakes:
             upgrade = plain_upgrade(data[:end])
@@ -741,12 +752,24 @@ class SignalingProtocol(WebSocketServerProtocol):
             self.wasCloseHandshakeTimeout = True
             self._drop_quietly(abort=True)
 
+    def abort(self) -> None:
+        """End the connection at once, whatever state it is in (a client
+        that answered a close but does not read is CLOSED, not gone)."""
+        self._drop_quietly(abort=True)
+
     def _drop_quietly(self, abort: bool) -> Any:
         """What Autobahn's dropConnection does, without its warning for
         each unclean end; returns the transport, if there was one."""
         transport: Any = self.transport
         if transport is None:
             return None
+        self._cancel_join_timer()
+        cancel(self._keepalive)
+        self._keepalive = None
+        if self.state == self.STATE_CLOSED:  # dropped already: at most harder
+            if abort:
+                transport.abortConnection()
+            return transport
         transport.unregisterProducer()
         self.droppedByMe = True
         self.state = self.STATE_CLOSED

@@ -129,7 +129,7 @@ class GracefulShutdown(Service):
             cancel(deadline)
             stragglers = list(self.factory.clients.values())
             for client in stragglers:
-                client.dropConnection(abort=True)
+                client.abort()
             _log.info(
                 "closed {closed} connections: {answered} closed cleanly, {dropped} dropped{why}",
                 closed=len(clients),

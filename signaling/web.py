@@ -125,7 +125,28 @@ class MetricsResource(Resource):
         return metrics.render(self.registry)
 
 
-class SignalingSite(Site):
+class _AccessLoggedSite(Site):
+    """A site whose access log shows clients as the rest of the log does,
+    within a budget of lines a minute."""
+
+    requestFactory = _Request
+    #: The Server header of responses; None leaves twisted.web's.
+    server_header: bytes | None = None
+
+    def __init__(
+        self, root: Resource, trust_proxy: int, access_log_budget: LogBudget | None
+    ) -> None:
+        super().__init__(root, logFormatter=access_log_formatter(trust_proxy))
+        self.noisy = False
+        self.access_log_budget = access_log_budget
+
+    def log(self, request: http.Request) -> None:
+        """One access log line per request, within ``access_log_budget``."""
+        if self.access_log_budget is None or self.access_log_budget.allow("HTTP access log"):
+            super().log(request)
+
+
+class SignalingSite(_AccessLoggedSite):
     """The HTTP side of the server: a site whose connections must have become WebSockets within
     ``deadline`` seconds of connecting, or are closed.
 
@@ -134,10 +155,6 @@ class SignalingSite(Site):
     Plain HTTP requests (health checks, the demo's files) fit well inside the
     deadline; their keep-alive connections end with it.
     """
-
-    requestFactory = _Request
-    #: The Server header of responses; None leaves twisted.web's.
-    server_header: bytes | None = None
 
     def __init__(
         self,
@@ -150,8 +167,7 @@ class SignalingSite(Site):
         untrusted_forwarding: Callable[[], None] | None = None,
         access_log_budget: LogBudget | None = None,
     ) -> None:
-        super().__init__(root, logFormatter=access_log_formatter(trust_proxy))
-        self.access_log_budget = access_log_budget
+        super().__init__(root, trust_proxy, access_log_budget)
         self.clock = clock
         self.deadline = deadline
         self.admission = admission
@@ -170,11 +186,6 @@ class SignalingSite(Site):
             if headers.hasHeader(b"x-forwarded-for") or headers.hasHeader(b"forwarded"):
                 self.untrusted_forwarding()
         return resource
-
-    def log(self, request: http.Request) -> None:
-        """One access log line per request, within ``access_log_budget``."""
-        if self.access_log_budget is None or self.access_log_budget.allow("HTTP access log"):
-            super().log(request)
 
     def buildProtocol(self, addr: Any) -> Any:
         return self._with_deadline(super().buildProtocol(addr), self.deadline)
@@ -200,6 +211,8 @@ class SignalingSite(Site):
         protocol = self._with_deadline(
             Site.buildProtocol(self, transport.getPeer()), self.deadline - elapsed, release
         )
+        if release is not None:
+            protocol.connectionLost = _ReleasingConnectionLost(protocol, release)
         if isinstance(transport, ProtocolWrapper):  # TLS
             transport.wrappedProtocol = protocol
         else:
@@ -208,13 +221,31 @@ class SignalingSite(Site):
         protocol.dataReceived(data)
 
 
+class _ReleasingConnectionLost:
+    """An HTTP protocol's ``connectionLost`` that first ``release``s its
+    connection from the pending count; called once, it takes itself off
+    the protocol again (it refers to the protocol, and must not keep it)."""
+
+    def __init__(self, protocol: Any, release: Callable[[], None]) -> None:
+        self.protocol = protocol
+        self.release = release
+
+    def __call__(self, reason: Any) -> None:
+        protocol, self.protocol = self.protocol, None
+        del protocol.connectionLost  # the class's own again
+        self.release()
+        protocol.connectionLost(reason)
+
+
 def request_client_address(request: Request, trust_proxy: int) -> str:
     """The client of an HTTP request, in the form the WebSocket side shows
     (signaling.addresses): from X-Forwarded-For when ``trust_proxy`` proxies
     are trusted and it names one, else the connection's peer."""
     if trust_proxy:
-        forwarded = request.getHeader(b"x-forwarded-for")
-        if forwarded is not None:
+        lines = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        if lines:
+            # Every line, joined, as Autobahn gives them to the WebSocket side.
+            forwarded = b",".join(lines)
             client = forwarded_address(forwarded.decode("iso-8859-1"), trust_proxy)
             if client is not None:
                 return client[0]
@@ -264,13 +295,6 @@ def _cancel_deadline(channel: Any) -> None:
     channel.signaling_deadline = None
 
 
-def _site(root: Resource, factory: SignalingFactory) -> Site:
-    site = Site(root, requestFactory=_Request)
-    site.noisy = False
-    site.server_header = b"signaling" if factory.hide_version else None  # type: ignore[attr-defined]
-    return site
-
-
 def build_site(
     factory: SignalingFactory, *, serve_metrics: bool = True, demo: bool = True
 ) -> SignalingSite:
@@ -296,7 +320,6 @@ def build_site(
         untrusted_forwarding=factory.untrusted_forwarding,
         access_log_budget=factory.access_log_budget,
     )
-    site.noisy = False
     site.server_header = b"signaling" if factory.hide_version else None
     site.timeOut = factory.limits.handshake_timeout or None
     return site
@@ -317,4 +340,6 @@ def build_metrics_site(factory: SignalingFactory) -> Site:
     """A site with only ``/metrics``, for ``--metrics-listen``."""
     root = _Root()
     root.putChild(b"metrics", MetricsResource(metrics.metrics_registry(factory)))
-    return _site(root, factory)
+    site = _AccessLoggedSite(root, factory.trust_proxy, factory.access_log_budget)
+    site.server_header = b"signaling" if factory.hide_version else None
+    return site

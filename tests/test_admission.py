@@ -28,7 +28,7 @@ from websockets.sync.client import connect
 from signaling.admission import AcceptErrorLog, Admission
 from signaling.limits import Limits
 
-from .conftest import wait_for
+from .conftest import on_reactor, wait_for
 from .twistd_process import ServerProcess, twistd
 
 #: Runs the rest of its arguments with RLIMIT_NOFILE set to (soft, hard) from argv[1:3].
@@ -483,3 +483,38 @@ def test_descriptor_reserve_evicts_from_the_busiest_address_then_refuses() -> No
     for transport in list(admission.pending):
         admission.release(transport)
     assert not admission.hold(client, client.getPeer(), 95)
+
+
+@pytest.mark.parametrize("handshake_timeout", [10.0, 0.0])
+def test_plain_http_connections_stop_counting_as_pending_when_they_close(
+    make_server: Any, handshake_timeout: float
+) -> None:
+    """A health check's connection is pending (not a WebSocket) while open
+    and no longer once closed: not when its deadline passes, nor never
+    when there is no deadline."""
+    server = make_server(handshake_timeout=handshake_timeout)
+    pending = server.factory.admission.pending
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert on_reactor(lambda: len(pending)) == 1  # keep-alive: still open
+    assert wait_for(lambda: on_reactor(lambda: len(pending)) == 0)
+
+
+def test_the_metrics_port_logs_as_the_main_port_does(tmp_path: Path) -> None:
+    """--metrics-listen: the same access log line (client address format
+    included) and the same budget."""
+    with serve(
+        tmp_path, "--metrics-listen", "tcp:0:interface=127.0.0.1", "--access-log-rate", "2"
+    ) as server:
+        found = server.wait_for(r"metrics at http://127\.0\.0\.1:(\d+)/metrics")
+        mark = server.mark()
+        for _ in range(5):
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{found.group(1)}/metrics", timeout=10
+            ) as response:
+                assert response.status == 200
+        output = server.stop()
+    lines = [line for line in output.splitlines()[mark:] if '"GET /metrics HTTP/1.1"' in line]
+    assert len(lines) == 2, lines
+    assert all(re.search(r'"tcp4:127\.0\.0\.1:\d+" - - ', line) for line in lines), lines

@@ -378,3 +378,36 @@ requests = st.builds(
 @given(request=requests)
 def test_any_request_is_answered_as_autobahn_would(servers, request: bytes) -> None:
     event(assert_same_answer(servers, request).decode("latin-1"))  # what was covered
+
+
+@pytest.mark.parametrize(
+    ("chunks", "status"),
+    [
+        # A bare LF in a later piece is found there...
+        ([b"GET /connect HTTP/1.1\r\nHost: a\r\n", b"Pragma: x\nUpgrade: websocket\r\n"], 400),
+        # ...and so is a CR ending one piece that no LF follows...
+        ([b"GET /connect HTTP/1.1\r\nHost: a\r", b"Upgrade: websocket\r\n"], 400),
+        # ...while a CRLF split between two pieces is no bare line end.
+        ([b"GET /connect HTTP/1.1\r\nHost: a\r", b"\nPragma: x\r\n"], None),
+    ],
+    ids=["later-piece", "at-the-boundary", "split-crlf"],
+)
+def test_a_handshake_arriving_in_pieces_is_checked_piece_by_piece(
+    server: RunningServer, chunks: list[bytes], status: int | None
+) -> None:
+    """Each piece is checked as it comes (not the whole head again each
+    time), without missing a bare line end or taking a split CRLF for one."""
+    first, second = chunks
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(first)
+        sock.settimeout(0.3)  # the server reads the first piece alone, and waits
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)
+        sock.sendall(second)
+        if status is None:
+            with pytest.raises(TimeoutError):  # still waiting for the rest
+                sock.recv(65536)
+        else:
+            sock.settimeout(TIMEOUT)
+            answer = sock.recv(65536)
+            assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer

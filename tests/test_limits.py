@@ -293,3 +293,25 @@ def test_a_client_that_keeps_reading_is_not_dropped(make_server) -> None:
             assert reader.recv_json()["payload"]["sdp"].startswith(f"{i - lag} ")
     assert on_reactor(lambda: server.factory.stats.slow_consumers) == 0
     assert server.rooms() == {"room": {sender.id, reader.id}}
+
+
+def test_timers_end_with_a_dropped_connection(make_server) -> None:
+    """A connection the server dropped (closed for flooding, or ended after
+    a close while its last bytes drain) gets no keepalive verdict or join
+    timeout afterwards: they would count, log and drop it a second time."""
+    clock = Clock()
+    server = make_server(clock=clock, ping_interval=20, ping_timeout=10, join_timeout=25)
+    silent = RawWebSocket(server.port)  # never answers a ping, never joins
+    on_reactor(clock.advance, 20)  # a ping goes out
+    assert silent.recv_frame()[0] == 9
+    protocol = server.factory.clients[silent.id]
+
+    def drop_then_let_the_timers_fire() -> None:
+        # In one turn of the reactor: the transport is still there.
+        protocol._drop_quietly(abort=False)
+        clock.advance(10)  # past the ping timeout and the join timeout
+
+    on_reactor(drop_then_let_the_timers_fire)
+    stats = server.factory.stats
+    assert on_reactor(lambda: (stats.keepalive_timeouts, dict(stats.errors))) == (0, {})
+    assert silent.is_closed_by_peer()
