@@ -68,10 +68,12 @@ def honest_handshake(port: int) -> None:
         assert '"notify-client-id"' in ws.recv(10)
 
 
-def honest_handshake_with_retry(port: int, attempts: int = 3) -> None:
-    """As a client application does: when the server is out of descriptors
-    for a moment its last ones go to no one, so try again (a flood that
-    holds every descriptor lets none in, however often)."""
+def honest_handshake_with_retry(port: int, attempts: int = 5) -> None:
+    """As a client application does, with a short pause between tries: deep
+    in the descriptor reserve the server closes every new connection until
+    the ones it closed to make room are gone (a reactor turn or so), so an
+    attempt may land in such a moment. A flood that held every descriptor
+    would let no attempt in, however often."""
     for attempt in range(attempts):
         try:
             honest_handshake(port)
@@ -79,6 +81,7 @@ def honest_handshake_with_retry(port: int, attempts: int = 3) -> None:
         except (OSError, ConnectionClosed, InvalidMessage):
             if attempt == attempts - 1:
                 raise
+            time.sleep(0.2)
 
 
 def idle_connection(port: int, source: str) -> socket.socket | None:
