@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,9 +29,22 @@ from signaling.logs import set_level
 from signaling.protocol import SignalingFactory
 from signaling.web import listening_factory
 
+from .certs import CertificateAuthority
 from .twistd_process import ServerProcess, source_env, twistd_argv
 
 TIMEOUT = 5.0
+
+
+@pytest.fixture
+def ca() -> CertificateAuthority:
+    """A throwaway root and intermediate CA, for TLS tests."""
+    return CertificateAuthority()
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path, ca: CertificateAuthority) -> Path:
+    """The root certificate of ``ca``, for clients to trust."""
+    return ca.write_root(tmp_path / "ca.pem")
 
 
 @pytest.fixture(scope="session")

@@ -20,11 +20,6 @@ INTERVAL = 10.0
 
 
 @pytest.fixture
-def ca() -> CertificateAuthority:
-    return CertificateAuthority()
-
-
-@pytest.fixture
 def live(tmp_path: Path, ca: CertificateAuthority) -> Path:
     ca.write_server(tmp_path / "live", "first")
     return tmp_path / "live"

@@ -15,11 +15,6 @@ from .certs import CertificateAuthority
 
 
 @pytest.fixture
-def ca() -> CertificateAuthority:
-    return CertificateAuthority()
-
-
-@pytest.fixture
 def files(tmp_path: Path, ca: CertificateAuthority) -> tuple[Path, Path]:
     return ca.write_server(tmp_path / "live", "first")
 

@@ -28,16 +28,6 @@ from .twistd_process import ServerProcess, twistd, usage_error
 LISTENERS = ["tls-cert", "listen-tls", "ssl-endpoint"]
 
 
-@pytest.fixture
-def ca() -> CertificateAuthority:
-    return CertificateAuthority()
-
-
-@pytest.fixture
-def ca_file(tmp_path: Path, ca: CertificateAuthority) -> Path:
-    return ca.write_root(tmp_path / "ca.pem")
-
-
 def listener_args(kind: str, tmp_path: Path, ca: CertificateAuthority) -> list[str]:
     """twistd arguments for one wss listener of ``kind`` on 127.0.0.1, port 0."""
     cert, key = ca.write_server(tmp_path / "live", kind)

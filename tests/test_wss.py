@@ -23,16 +23,6 @@ from .raw_client import open_by_hand
 from .twistd_process import ServerProcess, twistd, usage_error
 
 
-@pytest.fixture
-def ca() -> CertificateAuthority:
-    return CertificateAuthority()
-
-
-@pytest.fixture
-def ca_file(tmp_path: Path, ca: CertificateAuthority) -> Path:
-    return ca.write_root(tmp_path / "ca.pem")
-
-
 @contextlib.contextmanager
 def wss_client(port: int, ca_file: Path) -> Iterator[Client]:
     """A websockets client over TLS 1.2 that trusts only ``ca_file``.
