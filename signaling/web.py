@@ -6,6 +6,7 @@ browser client and the page's files under ``/static/``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
@@ -223,18 +224,22 @@ class SignalingSite(_AccessLoggedSite):
 
 class _ReleasingConnectionLost:
     """An HTTP protocol's ``connectionLost`` that first ``release``s its
-    connection from the pending count; called once, it takes itself off
-    the protocol again (it refers to the protocol, and must not keep it)."""
+    connection from the pending count, then is the class's own again.
+
+    It refers to the protocol weakly: a protocol that never loses its
+    connection (it was handed to a WebSocket) must not keep itself alive.
+    """
 
     def __init__(self, protocol: Any, release: Callable[[], None]) -> None:
-        self.protocol = protocol
+        self.protocol = weakref.ref(protocol)
         self.release = release
 
     def __call__(self, reason: Any) -> None:
-        protocol, self.protocol = self.protocol, None
-        del protocol.connectionLost  # the class's own again
         self.release()
-        protocol.connectionLost(reason)
+        protocol = self.protocol()
+        if protocol is not None:
+            del protocol.connectionLost
+            protocol.connectionLost(reason)
 
 
 def request_client_address(request: Request, trust_proxy: int) -> str:

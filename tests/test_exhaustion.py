@@ -232,6 +232,27 @@ def test_a_closed_connection_is_freed_without_a_collection(server, ending) -> No
         ws.close()
 
 
+@pytest.mark.parametrize("then", ["close", "upgrade"])
+def test_a_plain_http_connection_is_freed_without_a_collection(server, then) -> None:
+    """The same for a connection that began as plain HTTP (a health check),
+    whether it then closes or upgrades to a WebSocket on the same socket."""
+    gc.collect()
+    gc.disable()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            pending = server.factory.admission.pending
+            http = weakref.ref(on_reactor(lambda: next(iter(pending)).protocol))
+            if then == "upgrade":
+                sock.sendall(UPGRADE)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 101 ")
+                assert wait_for(lambda: http() is None), gc.get_referrers(http())
+        assert wait_for(lambda: http() is None), gc.get_referrers(http())
+    finally:
+        gc.enable()
+
+
 def test_client_that_closes_but_never_reads_is_cut_off(make_server) -> None:
     """Its close is answered, but the answer waits behind what it did not
     read: the connection still ends, after the closing handshake's timeout."""
