@@ -114,6 +114,24 @@ def test_a_client_that_never_answers_is_dropped_at_the_timeout(server: RunningSe
         silent.close()
 
 
+def test_a_closed_client_still_draining_is_cut_off_at_the_timeout(server: RunningServer) -> None:
+    """A client that answered a close but does not read is CLOSED while its
+    last bytes wait in the socket; the timeout must still end it."""
+    silent = SilentClient(server.port)
+    try:
+        [protocol] = on_reactor(lambda: list(server.factory.clients.values()))
+        # Where the end of a close leaves a client whose socket does not drain.
+        on_reactor(lambda: setattr(protocol, "state", protocol.STATE_CLOSED))
+        clock, stop = start_shutdown(server, timeout=5)
+        done = stop()
+        on_reactor(clock.advance, 5)
+        assert on_reactor(lambda: done.called)
+        assert silent.closed_by_server()
+        assert wait_for(lambda: not on_reactor(lambda: server.factory.clients))
+    finally:
+        silent.close()
+
+
 def test_nothing_to_wait_for_without_clients(server: RunningServer) -> None:
     _, stop = start_shutdown(server, timeout=5)
     done = stop()
