@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet import reactor
@@ -24,10 +24,10 @@ from twisted.logger import LogLevel, globalLogPublisher
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from signaling.limits import Limits
+from signaling.core.limits import Limits
 from signaling.logs import set_level
-from signaling.protocol import SignalingFactory
-from signaling.web import listening_factory
+from signaling.web.site import listening_factory
+from signaling.wire.protocol import SignalingFactory, SignalingProtocol
 
 from .certs import CertificateAuthority
 from .twistd_process import ServerProcess, source_env, twistd_argv
@@ -137,7 +137,7 @@ class RunningServer:
 
     def __init__(self, factory: SignalingFactory, port: Any, stack: contextlib.ExitStack):
         self.factory = factory
-        self.registry = factory.registry
+        self.hub = factory.hub
         self.port = port.getHost().port
         self.url = f"ws://127.0.0.1:{self.port}/connect"
         self._stack = stack
@@ -158,11 +158,15 @@ class RunningServer:
     def rooms(self) -> dict[str, set[str]]:
         """Every room and its members, read in the reactor thread."""
         return on_reactor(
-            lambda: {room.room_id: set(room.members) for room in self.registry.rooms()}
+            lambda: {room.room_id: set(room.member_ids()) for room in self.hub.rooms.rooms()}
         )
 
     def member_count(self) -> int:
-        return on_reactor(lambda: self.registry.member_count)
+        return on_reactor(lambda: self.hub.rooms.member_count)
+
+    def connection(self, client_id: str) -> SignalingProtocol:
+        """The server's connection to a client (call in the reactor thread)."""
+        return cast(SignalingProtocol, self.hub.sessions[client_id].wire)
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""How client addresses are shown and counted (signaling.addresses)."""
+"""How client addresses are shown and counted (signaling.wire.addresses)."""
 
 from __future__ import annotations
 
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-from signaling.addresses import forwarded_address, socket_address
+from signaling.wire.addresses import forwarded_address, socket_address
 
 
 @pytest.mark.parametrize(

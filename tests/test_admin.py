@@ -121,7 +121,7 @@ def test_kick_closes_with_code_and_room_gets_leave_client(server: RunningServer)
     assert a.expect("leave-client") == {"client_id": b.id}
     assert c.expect("leave-client") == {"client_id": b.id}
     assert call(admin, "rooms") == {"r": [a.id, c.id]}
-    assert wait_for(lambda: b.id not in server.factory.clients)
+    assert wait_for(lambda: b.id not in server.hub.sessions)
     marker(a, c)
 
 
@@ -196,8 +196,9 @@ def test_namespace_offers_the_documented_names(server: RunningServer) -> None:
     admin = Admin(server.factory)
     namespace = admin.namespace()
     functions = ["rooms", "clients", "client", "kick", "close_room", "say", "stats"]
-    assert set(namespace) == {*functions, "admin", "factory", "registry"}
+    assert set(namespace) == {*functions, "admin", "factory", "hub", "registry"}
+    assert namespace["hub"] is server.hub
     assert namespace["factory"] is server.factory
-    assert namespace["registry"] is server.registry
+    assert namespace["registry"] is server.hub.rooms
     for name in functions:
         assert namespace[name] == getattr(admin, name)

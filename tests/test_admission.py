@@ -25,8 +25,8 @@ from twisted.logger import formatEvent
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.sync.client import connect
 
-from signaling.admission import AcceptErrorLog, Admission
-from signaling.limits import Limits
+from signaling.core.limits import Limits
+from signaling.wire.admission import AcceptErrorLog, Admission
 
 from .conftest import on_reactor, wait_for
 from .twistd_process import ServerProcess, twistd

@@ -19,14 +19,14 @@ def test_member_dropped_while_someone_joins_leaves_the_registry_consistent(make_
     server = make_server(max_send_buffer=10)
     a = server.client()
     a.join("r")
-    protocol = server.factory.clients[a.id]
+    protocol = server.connection(a.id)
     # A stopped reading long ago: its transport is paused with a full queue.
     on_reactor(protocol.pauseProducing)
     on_reactor(setattr, protocol, "_queued_bytes", lambda: 1 << 30)
     b = server.client()
     assert b.join("r") == [a.id]
     assert b.expect("leave-client") == {"client_id": a.id}  # right after, not never
-    registry = server.registry
+    registry = server.hub.rooms
     assert server.rooms() == {"r": {b.id}}
     assert on_reactor(lambda: registry.room("r") is registry.room_of(b.id))
     c = server.client()
@@ -35,7 +35,7 @@ def test_member_dropped_while_someone_joins_leaves_the_registry_consistent(make_
     assert c.expect("leave-client") == {"client_id": b.id}
     c.close()
     assert wait_for(lambda: server.rooms() == {} and server.member_count() == 0)
-    assert wait_for(lambda: on_reactor(lambda: len(server.factory.clients)) == 0)
+    assert wait_for(lambda: on_reactor(lambda: len(server.hub.sessions)) == 0)
 
 
 def test_nothing_counts_once_the_server_started_closing(server: RunningServer) -> None:
@@ -55,7 +55,7 @@ def test_nothing_counts_once_the_server_started_closing(server: RunningServer) -
 
 def test_close_reply_after_a_partly_read_frame_is_clean(server: RunningServer) -> None:
     raw, peer = joined_pair(server)
-    protocol = on_reactor(lambda: server.factory.clients[raw.id])
+    protocol = on_reactor(lambda: server.connection(raw.id))
     frame = client_frame(offer(peer.id, "x" * 3000))
     raw.sock.sendall(frame[:1000])
     assert wait_for(lambda: on_reactor(lambda: len(protocol._partial)) == 1000)

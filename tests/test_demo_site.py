@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from twisted.internet import reactor
 
-from signaling.protocol import SignalingFactory
-from signaling.web import listening_factory
+from signaling.web.site import listening_factory
+from signaling.wire.protocol import SignalingFactory
 
 from .conftest import RunningServer, on_reactor
 

@@ -215,7 +215,7 @@ def test_a_closed_connection_is_freed_without_a_collection(server, ending) -> No
     gc.disable()
     try:
         ws = RawWebSocket(server.port)
-        protocol = weakref.ref(on_reactor(lambda: server.factory.clients[ws.id]))
+        protocol = weakref.ref(on_reactor(lambda: server.connection(ws.id)))
         if ending == "close":
             ws.sock.sendall(CLOSE_NORMAL)
         elif ending == "abrupt":
@@ -223,7 +223,7 @@ def test_a_closed_connection_is_freed_without_a_collection(server, ending) -> No
         elif ending == "bad-close":
             ws.sock.sendall(client_frame(struct.pack("!H", 999), opcode=8))
         else:
-            on_reactor(lambda: server.factory.clients[ws.id].close_with(4000, "kicked"))
+            on_reactor(lambda: server.connection(ws.id).close(4000, "kicked"))
             ws.recv_frame()
             ws.sock.sendall(CLOSE_NORMAL)
         assert wait_for(lambda: protocol() is None), gc.get_referrers(protocol())
@@ -264,9 +264,9 @@ def test_client_that_closes_but_never_reads_is_cut_off(make_server) -> None:
     sender.join("r")
     for _ in range(100):  # 2.5 MB it never reads
         sender.offer(stalled.id, "x" * 25_000)
-    assert wait_for(lambda: on_reactor(lambda: server.factory.clients[stalled.id]._paused))
+    assert wait_for(lambda: on_reactor(lambda: server.connection(stalled.id)._paused))
     stalled.sock.sendall(CLOSE_NORMAL)
-    assert wait_for(lambda: stalled.id not in server.factory.clients)
+    assert wait_for(lambda: stalled.id not in server.hub.sessions)
     stalled.close()
 
 
@@ -283,7 +283,7 @@ def test_closing_floods_and_silent_peers_costs_no_warning(make_server, info_even
     silent = RawWebSocket(server.port)
     on_reactor(clock.advance, 20)  # a keepalive ping...
     on_reactor(clock.advance, 20)  # ...unanswered
-    assert wait_for(lambda: not server.factory.clients)
+    assert wait_for(lambda: not server.hub.sessions)
     warnings = [e for e in info_events if e["log_level"] >= LogLevel.warn]
     assert not warnings, [e.get("log_format") for e in warnings]
     for ws in (flooder, bad_close, silent):

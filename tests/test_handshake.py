@@ -1,4 +1,4 @@
-"""The one-pass reading of plain handshakes (signaling.handshake) answers
+"""The one-pass reading of plain handshakes (signaling.wire.handshake) answers
 every request exactly as Autobahn's own handshake does."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from signaling.handshake import plain_upgrade
+from signaling.wire.handshake import plain_upgrade
 
 from .conftest import TIMEOUT, RunningServer, wait_for
 
@@ -131,10 +131,10 @@ _STATE = (
 def answer(server: RunningServer, request: bytes) -> tuple[bytes, dict[str, Any] | None]:
     """The server's answer (client id masked) and, if it opened, the
     opened connection's view of the request."""
-    before = set(server.factory.clients)
+    before = set(server.hub.sessions)
 
     def opened() -> dict[str, Any] | None:
-        new = [p for cid, p in list(server.factory.clients.items()) if cid not in before]
+        new = [s.wire for cid, s in list(server.hub.sessions.items()) if cid not in before]
         if not new:
             return None
         state = {name: getattr(new[0], name) for name in _STATE}
@@ -142,7 +142,7 @@ def answer(server: RunningServer, request: bytes) -> tuple[bytes, dict[str, Any]
         return state
 
     response, state = exchange(server.port, request, opened)
-    assert wait_for(lambda: not server.factory.clients)  # closed: next request alone
+    assert wait_for(lambda: not server.hub.sessions)  # closed: next request alone
     return _ID.sub(b'"client_id":"ID"', response), state
 
 
@@ -248,7 +248,7 @@ def test_failing_admission_check_is_answered_as_autobahn_would(
         raise RuntimeError("policy store unavailable")
 
     for server in servers:
-        monkeypatch.setattr(server.factory.origins, "allows", broken)
+        monkeypatch.setattr(server.hub.origins, "allows", broken)
     request = (BROWSER + "\r\n").encode()
     response, state = answer(servers[0], request)
     assert response.startswith(b"HTTP/1.1 500 ") and state is None
@@ -268,9 +268,7 @@ def test_frame_sent_with_the_handshake_is_read(servers) -> None:
             join = b'{"type":"join","payload":{"room_id":"r"}}'
             frame = bytes((0x81, 0x80 | len(join))) + b"\0\0\0\0" + join
             sock.sendall((BROWSER + "\r\n").encode() + frame)
-            assert wait_for(
-                lambda server=server: any(p.room for p in server.factory.clients.values())
-            )
+            assert wait_for(lambda server=server: any(s.room for s in server.hub.sessions.values()))
 
 
 def mostly(valid: str, *others: str) -> st.SearchStrategy[str]:

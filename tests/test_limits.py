@@ -48,24 +48,24 @@ def test_peer_that_stops_answering_pings_is_dropped(make_server) -> None:
     assert alive.expect("new-client") == {"client_id": silent.id}
 
     def answered() -> bool:
-        protocol = server.factory.clients[alive.id]
-        return protocol._last_seen >= protocol._ping_sent_at
+        session = server.hub.sessions[alive.id]
+        return session.last_seen >= server.connection(alive.id)._ping_sent_at
 
     on_reactor(clock.advance, 20)  # both get a ping
     opcode, _ = silent.recv_frame()
     assert opcode == 9
     assert wait_for(lambda: on_reactor(answered))
     on_reactor(clock.advance, 9)
-    assert on_reactor(lambda: set(server.factory.clients)) == {alive.id, silent.id}
+    assert on_reactor(lambda: set(server.hub.sessions)) == {alive.id, silent.id}
     on_reactor(clock.advance, 1)  # interval + timeout: the silent one is gone
     assert alive.expect("leave-client") == {"client_id": silent.id}
-    assert on_reactor(lambda: server.factory.stats.keepalive_timeouts) == 1
+    assert on_reactor(lambda: server.hub.stats.keepalive_timeouts) == 1
     assert silent.is_closed_by_peer()
     for _ in range(3):  # the one that answers stays, ping after ping
         on_reactor(clock.advance, 20)
         assert wait_for(lambda: on_reactor(answered))
         on_reactor(clock.advance, 10)
-    assert on_reactor(lambda: set(server.factory.clients)) == {alive.id}
+    assert on_reactor(lambda: set(server.hub.sessions)) == {alive.id}
 
 
 def test_no_ping_while_the_client_is_talking(make_server) -> None:
@@ -78,7 +78,7 @@ def test_no_ping_while_the_client_is_talking(make_server) -> None:
         on_reactor(clock.advance, 15)
         talker.send("leave", {})
         assert talker.recv_json()["payload"]["code"] == "not_in_room"
-    assert on_reactor(lambda: server.factory.stats.keepalive_timeouts) == 0
+    assert on_reactor(lambda: server.hub.stats.keepalive_timeouts) == 0
     on_reactor(clock.advance, 20)  # quiet for an interval: pinged
     assert talker.recv_frame()[0] == 9
     on_reactor(clock.advance, 10)
@@ -150,7 +150,7 @@ def test_rate_limit_refuses_then_recovers_then_closes(make_server) -> None:
     a.offer(b.id, "7")  # the third refusal in a row closes it
     assert a.expect_closed() == 1008
     assert b.expect("leave-client") == {"client_id": a.id}
-    stats = on_reactor(lambda: dict(server.factory.stats.errors))
+    stats = on_reactor(lambda: dict(server.hub.stats.errors))
     assert stats == {"rate_limited": 3}
 
 
@@ -196,7 +196,7 @@ def test_total_connections_limit(make_server) -> None:
     a, _ = server.client(), server.client()
     assert handshake_status(server) == 503
     a.close()
-    assert wait_for(lambda: len(on_reactor(lambda: server.factory.clients)) == 1)
+    assert wait_for(lambda: len(on_reactor(lambda: server.hub.sessions)) == 1)
     server.client()  # room again
 
 
@@ -205,7 +205,7 @@ def test_connections_per_address_limit(make_server) -> None:
     server.client()
     server.client()
     assert handshake_status(server) == 503
-    assert on_reactor(lambda: dict(server.factory.stats.refused_handshakes)) == {503: 1}
+    assert on_reactor(lambda: dict(server.hub.stats.refused_handshakes)) == {503: 1}
 
 
 # -- origin -----------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_slow_consumer_is_closed_and_others_carry_on(make_server) -> None:
     x, y = pair(server, "elsewhere")
     sdp = "v=0\r\n" + "a=x\r\n" * 4000  # about 20 KB
     for i in range(1000):  # up to 20 MB towards a client that never reads
-        if on_reactor(server.registry.room_of, slow.id) is None:
+        if on_reactor(server.hub.rooms.room_of, slow.id) is None:
             break
         sender.offer(slow.id, sdp)
         if i % 20 == 0:
@@ -265,7 +265,7 @@ def test_slow_consumer_is_closed_and_others_carry_on(make_server) -> None:
     else:
         pytest.fail("the slow consumer was never dropped")
     assert sender.expect("leave-client") == {"client_id": slow.id}
-    assert on_reactor(lambda: server.factory.stats.slow_consumers) == 1
+    assert on_reactor(lambda: server.hub.stats.slow_consumers) == 1
     assert server.rooms() == {"room": {sender.id}, "elsewhere": {x.id, y.id}}
     assert slow.is_closed_by_peer()
 
@@ -281,7 +281,7 @@ def test_a_client_that_keeps_reading_is_not_dropped(make_server) -> None:
     sender.expect("new-client")
     # Small kernel buffers on the server's side, so the queue is the server's own.
     on_reactor(
-        lambda: server.factory.clients[reader.id].transport.socket.setsockopt(
+        lambda: server.connection(reader.id).transport.socket.setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
         )
     )
@@ -291,7 +291,7 @@ def test_a_client_that_keeps_reading_is_not_dropped(make_server) -> None:
         sender.offer(reader.id, f"{i} {sdp}")
         if i >= lag:
             assert reader.recv_json()["payload"]["sdp"].startswith(f"{i - lag} ")
-    assert on_reactor(lambda: server.factory.stats.slow_consumers) == 0
+    assert on_reactor(lambda: server.hub.stats.slow_consumers) == 0
     assert server.rooms() == {"room": {sender.id, reader.id}}
 
 
@@ -304,7 +304,7 @@ def test_timers_end_with_a_dropped_connection(make_server) -> None:
     silent = RawWebSocket(server.port)  # never answers a ping, never joins
     on_reactor(clock.advance, 20)  # a ping goes out
     assert silent.recv_frame()[0] == 9
-    protocol = server.factory.clients[silent.id]
+    protocol = server.connection(silent.id)
 
     def drop_then_let_the_timers_fire() -> None:
         # In one turn of the reactor: the transport is still there.
@@ -312,6 +312,6 @@ def test_timers_end_with_a_dropped_connection(make_server) -> None:
         clock.advance(10)  # past the ping timeout and the join timeout
 
     on_reactor(drop_then_let_the_timers_fire)
-    stats = server.factory.stats
+    stats = server.hub.stats
     assert on_reactor(lambda: (stats.keepalive_timeouts, dict(stats.errors))) == (0, {})
     assert silent.is_closed_by_peer()

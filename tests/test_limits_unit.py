@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from signaling.limits import RateLimiter
-from signaling.origin import OriginPolicy
+from signaling.core.limits import RateLimiter
+from signaling.core.origin import OriginPolicy
 
 
 def test_bucket_allows_a_burst_then_the_rate() -> None:

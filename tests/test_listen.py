@@ -10,8 +10,8 @@ import pytest
 from twisted.python import usage
 from websockets.sync.client import connect, unix_connect
 
-from signaling.listen import Listener, unix_socket_path
-from signaling.tap import Options
+from signaling.ops.listen import Listener, unix_socket_path
+from signaling.ops.tap import Options
 
 from .certs import CertificateAuthority, client_context
 from .conftest import TIMEOUT, Client, wait_for

@@ -19,7 +19,7 @@ def ours(events: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     return [
         e
         for e in list(events)
-        if e.get("log_namespace") == "signaling.protocol"
+        if e.get("log_namespace") in ("signaling.wire.protocol", "signaling.core.session")
         and e.get("log_format", "").startswith(prefix)
     ]
 
@@ -69,7 +69,7 @@ def test_room_ids_cannot_forge_log_lines(
     server: RunningServer, events: list[dict[str, Any]]
 ) -> None:
     a = server.client()
-    a.join("r\n2026-01-01T00:00:00+0000 [signaling.protocol#info] join forged")
+    a.join("r\n2026-01-01T00:00:00+0000 [signaling.wire.protocol#info] join forged")
     assert wait_for(lambda: len(ours(events, "join")) == 1)
     [line] = [formatEvent(e) for e in ours(events, "join")]
     assert "\n" not in line and "\\n" in line
@@ -102,7 +102,7 @@ def test_log_budget_leaves_out_the_excess_and_says_how_much(
     info_events: list[dict[str, Any]],
 ) -> None:
     clock = Clock()
-    budget = LogBudget(clock, 3)
+    budget = LogBudget(clock, 3, ServerLogger())
     assert [budget.allow("error") for _ in range(10)] == [True] * 3 + [False] * 7
     assert budget.allow("failed handshake")  # each kind has its own budget
     assert not info_events
@@ -110,4 +110,4 @@ def test_log_budget_leaves_out_the_excess_and_says_how_much(
     [summary] = [formatEvent(e) for e in info_events]
     assert summary.startswith("7 more error events in the last minute were not logged")
     assert budget.allow("error")  # a new minute
-    assert LogBudget(clock, 0).allow("error")  # 0: no budget
+    assert LogBudget(clock, 0, ServerLogger()).allow("error")  # 0: no budget

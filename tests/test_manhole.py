@@ -20,8 +20,9 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
-from signaling import admin, manhole
-from signaling.tap import Options, makeService
+from signaling import admin
+from signaling.admin import manhole
+from signaling.ops.tap import Options, makeService
 
 from .conftest import TIMEOUT, RunningServer, on_reactor, wait_for
 from .sshconsole import Console, LoginRefused, OpenSSH, connect_without_reading, login, openssh_key
@@ -441,9 +442,11 @@ def test_info_log_has_logins_and_logouts_only(
     assert len(lines) == 2, lines
     assert (
         lines[0]
-        == f"[signaling.manhole#info] manhole login as admin with key {fingerprint(public)}"
+        == f"[signaling.admin.manhole#info] manhole login as admin with key {fingerprint(public)}"
     )
-    assert re.fullmatch(r"\[signaling.manhole#info\] manhole logout of admin after \d+ s", lines[1])
+    assert re.fullmatch(
+        r"\[signaling.admin.manhole#info\] manhole logout of admin after \d+ s", lines[1]
+    )
 
 
 def test_debug_log_has_the_console_s_own_events(
@@ -456,8 +459,12 @@ def test_debug_log_has_the_console_s_own_events(
     use_console(run_ssh(port, openssh_keys["ed25519"]))
     process.wait_for(r"manhole logout of admin", after=start)
     log = "\n".join(process.output.splitlines()[start:])
-    assert "[signaling.manhole#debug] manhole login as admin refused: Key not authorized" in log
-    assert re.search(r"\[signaling.manhole#debug\] manhole client .* disconnected: code 11", log)
+    assert (
+        "[signaling.admin.manhole#debug] manhole login as admin refused: Key not authorized" in log
+    )
+    assert re.search(
+        r"\[signaling.admin.manhole#debug\] manhole client .* disconnected: code 11", log
+    )
     assert "#error]" not in log and "Got remote error" not in log
     assert "NEW KEYS" not in log and "trying auth" not in log, log
 

@@ -1,4 +1,4 @@
-"""Direct unit tests of :mod:`signaling.messages` (parser and encoders)."""
+"""Direct unit tests of :mod:`signaling.core.messages` (parser and encoders)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling import messages
-from signaling.messages import (
+from signaling.core import messages
+from signaling.core.messages import (
     DEFAULT_MAX_ROOM_ID_LENGTH,
     ERROR_CODES,
     INVALID_JSON,

@@ -15,8 +15,8 @@ from twisted.logger import Logger, LogLevel
 
 from signaling import __version__
 from signaling.logs import json_observer
-from signaling.protocol import SignalingFactory
-from signaling.web import build_metrics_site, listening_factory
+from signaling.web.site import build_metrics_site, listening_factory
+from signaling.wire.protocol import SignalingFactory
 
 from .conftest import on_reactor, wait_for
 
@@ -59,7 +59,7 @@ def test_healthz_reports_state_and_draining(make_server) -> None:
         "version": __version__,
     }
     c.close()
-    on_reactor(setattr, server.factory, "draining", True)
+    on_reactor(setattr, server.hub, "draining", True)
     status, _, body = get(f"http://127.0.0.1:{server.port}/healthz")
     assert status == 503
     assert json.loads(body)["status"] == "draining"
@@ -150,7 +150,7 @@ def test_metrics_on_their_own_listener(reactor_thread: Any) -> None:
 def test_json_log_lines() -> None:
     out = io.BytesIO()
     observer = json_observer(out)
-    log = Logger(namespace="signaling.protocol", observer=observer)
+    log = Logger(namespace="signaling.wire.protocol", observer=observer)
     log.info("join {client_id} room={room_id}", client_id="abc", room_id="r1")
     try:
         raise ZeroDivisionError("division by zero")
@@ -162,7 +162,7 @@ def test_json_log_lines() -> None:
     assert first["message"] == "join abc room=r1"
     assert (first["client_id"], first["room_id"]) == ("abc", "r1")
     assert first["level"] == LogLevel.info.name
-    assert first["namespace"] == "signaling.protocol"
+    assert first["namespace"] == "signaling.wire.protocol"
     assert first["time"].endswith("+00:00")
     assert second["level"] == "critical"
     assert "ZeroDivisionError" in second["traceback"]

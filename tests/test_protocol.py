@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from signaling.limits import Limits
-from signaling.protocol import SignalingFactory, SignalingProtocol
+from signaling.core.limits import Limits
+from signaling.wire.protocol import SignalingFactory, SignalingProtocol
 
 from .conftest import Client, RunningServer, on_reactor, wait_for
 
@@ -193,10 +193,10 @@ def test_leave_when_not_in_room(server: RunningServer) -> None:
 def test_factory_tracks_open_connections(server: RunningServer) -> None:
     a = server.client()
     b = server.client()
-    assert on_reactor(lambda: set(server.factory.clients)) == {a.id, b.id}
-    assert on_reactor(lambda: server.factory.clients[a.id].room) is None
+    assert on_reactor(lambda: set(server.hub.sessions)) == {a.id, b.id}
+    assert on_reactor(lambda: server.hub.sessions[a.id].room) is None
     a.close()
-    assert wait_for(lambda: on_reactor(lambda: set(server.factory.clients)) == {b.id})
+    assert wait_for(lambda: on_reactor(lambda: set(server.hub.sessions)) == {b.id})
 
 
 def test_disconnect_tells_the_room_and_room_is_deleted(server: RunningServer) -> None:
@@ -293,7 +293,7 @@ def test_servers_in_one_process_keep_their_own_settings(make_server) -> None:
     assert c.expect_closed() == 1009
     # Autobahn's settings are shared through each factory's protocol class
     assert small.factory.protocol is not default.factory.protocol
-    assert "maxMessagePayloadSize" not in vars(default.factory.clients[a.id])
+    assert "maxMessagePayloadSize" not in vars(default.connection(a.id))
 
 
 def test_default_message_size_limit_is_64k(server: RunningServer) -> None:

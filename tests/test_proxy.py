@@ -27,7 +27,7 @@ FORWARDED = "198.51.100.1, 203.0.113.7"
 def address_seen(server: RunningServer, headers: dict[str, str]) -> str:
     with connect(server.url, proxy=None, open_timeout=TIMEOUT, additional_headers=headers) as ws:
         client = Client(ws)
-        return on_reactor(lambda: server.factory.clients[client.id].client_address)
+        return on_reactor(lambda: server.connection(client.id).client_address)
 
 
 @pytest.mark.parametrize(
@@ -233,7 +233,7 @@ def test_no_warning_when_the_proxy_is_trusted(
         f"http://127.0.0.1:{server.port}/healthz", headers={"X-Forwarded-For": FORWARDED}
     )
     assert urlopen(request, timeout=TIMEOUT).status == 200
-    assert on_reactor(lambda: server.factory.stats.untrusted_forwarded) == 0
+    assert on_reactor(lambda: server.hub.stats.untrusted_forwarded) == 0
     assert not [e for e in list(events) if "--trust-proxy is 0" in e.get("log_format", "")]
 
 

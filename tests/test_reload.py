@@ -11,8 +11,8 @@ from twisted.internet.ssl import TLSVersion
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 
-from signaling.reload import CertificateReloader
-from signaling.tls import ReloadableServerTLS
+from signaling.ops.reload import CertificateReloader
+from signaling.wire.tls import ReloadableServerTLS
 
 from .certs import CertificateAuthority
 
@@ -54,7 +54,7 @@ def reload_errors(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         e
         for e in events
-        if e.get("log_namespace") == "signaling.tls" and e["log_level"] == LogLevel.error
+        if e.get("log_namespace") == "signaling.wire.tls" and e["log_level"] == LogLevel.error
     ]
 
 

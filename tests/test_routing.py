@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from websockets.sync.client import connect
 
-from signaling import messages
+from signaling.core import messages
 
 from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
 
@@ -65,7 +65,7 @@ def test_health_check_then_websocket_on_one_connection(server: RunningServer) ->
         sock.sendall(upgrade_request())
         status, _ = read_response(sock)
         assert status.startswith(b"HTTP/1.1 101")
-        assert wait_for(lambda: len(server.factory.clients) == 1)
+        assert wait_for(lambda: len(server.hub.sessions) == 1)
 
 
 def test_query_string_on_connect_is_a_websocket(server: RunningServer) -> None:
@@ -80,7 +80,7 @@ def test_other_paths_are_the_sites(server: RunningServer, path: str) -> None:
         sock.sendall(upgrade_request(path))
         status, _ = read_response(sock)
         assert status.startswith(b"HTTP/1.1 404"), status
-    assert not server.factory.clients
+    assert not server.hub.sessions
 
 
 def test_request_split_across_reads_is_routed(server: RunningServer) -> None:
@@ -153,7 +153,7 @@ def test_percent_encoded_upgrade_after_health_check(
         assert read_response(sock)[0].startswith(b"HTTP/1.1 200")
         sock.sendall(upgrade_request("/%63onnect"))
         assert read_response(sock)[0].startswith(b"HTTP/1.1 101")
-        assert wait_for(lambda: len(server.factory.clients) == 1)
+        assert wait_for(lambda: len(server.hub.sessions) == 1)
     assert not [e for e in list(events) if e.get("log_level", LogLevel.info) >= LogLevel.error]
 
 
@@ -169,7 +169,7 @@ def test_oversized_headers_in_one_read_get_431(make_server) -> None:
         sock.sendall(upgrade_request(**{"X-Padding": "a" * 4096}))  # complete, but too long
         status, _ = read_response(sock)
         assert status.startswith(b"HTTP/1.1 431"), status
-    assert server.factory.stats.refused_handshakes[431] == 1
+    assert server.hub.stats.refused_handshakes[431] == 1
 
 
 def test_handshake_timeout_is_not_a_warning(make_server, events: list[dict[str, Any]]) -> None:
@@ -201,8 +201,8 @@ def test_failure_while_opening_does_not_leave_the_connection_open(
     monkeypatch.setattr(messages, "notify_client_id", broken)
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(upgrade_request())
-        assert wait_for(lambda: server.factory.stats.connections_total == 1)  # opened
+        assert wait_for(lambda: server.hub.stats.connections_total == 1)  # opened
         on_reactor(clock.advance, 10.5)
         assert closed(sock)
-    assert wait_for(lambda: not server.factory.clients)
-    assert not server.factory.address_counts
+    assert wait_for(lambda: not server.hub.sessions)
+    assert not server.hub.address_counts

@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from signaling.shutdown import POLL_INTERVAL, GracefulShutdown
+from signaling.ops.shutdown import POLL_INTERVAL, GracefulShutdown
 
 from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
 from .raw_client import open_by_hand
@@ -54,7 +54,7 @@ class SilentClient:
 def start_shutdown(server: RunningServer, timeout: float) -> tuple[Clock, Callable[[], Deferred]]:
     """Start a GracefulShutdown on ``server`` with a fake clock; return it and its stop."""
     clock = Clock()
-    service = GracefulShutdown(server.factory, timeout, clock)
+    service = GracefulShutdown(server.hub, timeout, clock)
     on_reactor(service.startService)
 
     def stop() -> Deferred:
@@ -72,11 +72,11 @@ def test_clients_get_1001_and_the_wait_ends_when_they_have_gone(server: RunningS
     a.expect("new-client")
     clock, stop = start_shutdown(server, timeout=5)
     done = stop()
-    assert server.factory.draining
+    assert server.hub.draining
     assert a.expect_closed() == 1001
     assert b.expect_closed() == 1001
     assert a.ws.close_reason == "server shutting down"
-    assert wait_for(lambda: not on_reactor(lambda: server.factory.clients))
+    assert wait_for(lambda: not on_reactor(lambda: server.hub.sessions))
     on_reactor(clock.advance, POLL_INTERVAL)
     assert on_reactor(lambda: done.called)
     assert clock.seconds() < 5  # ended by the clients, not by the timeout
@@ -105,11 +105,11 @@ def test_a_client_that_never_answers_is_dropped_at_the_timeout(server: RunningSe
             silent.read()
         on_reactor(clock.advance, 4.9)
         assert not on_reactor(lambda: done.called)
-        assert on_reactor(lambda: len(server.factory.clients)) == 1
+        assert on_reactor(lambda: len(server.hub.sessions)) == 1
         on_reactor(clock.advance, 0.1)
         assert on_reactor(lambda: done.called)
         assert silent.closed_by_server()
-        assert wait_for(lambda: not on_reactor(lambda: server.factory.clients))
+        assert wait_for(lambda: not on_reactor(lambda: server.hub.sessions))
     finally:
         silent.close()
 
@@ -119,7 +119,7 @@ def test_a_closed_client_still_draining_is_cut_off_at_the_timeout(server: Runnin
     last bytes wait in the socket; the timeout must still end it."""
     silent = SilentClient(server.port)
     try:
-        [protocol] = on_reactor(lambda: list(server.factory.clients.values()))
+        [protocol] = on_reactor(lambda: [s.wire for s in server.hub.sessions.values()])
         # Where the end of a close leaves a client whose socket does not drain.
         on_reactor(lambda: setattr(protocol, "state", protocol.STATE_CLOSED))
         clock, stop = start_shutdown(server, timeout=5)
@@ -127,7 +127,7 @@ def test_a_closed_client_still_draining_is_cut_off_at_the_timeout(server: Runnin
         on_reactor(clock.advance, 5)
         assert on_reactor(lambda: done.called)
         assert silent.closed_by_server()
-        assert wait_for(lambda: not on_reactor(lambda: server.factory.clients))
+        assert wait_for(lambda: not on_reactor(lambda: server.hub.sessions))
     finally:
         silent.close()
 

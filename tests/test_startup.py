@@ -14,7 +14,7 @@ import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from websockets.sync.client import connect, unix_connect
 
-from signaling.listen import Listener, where_clients_connect
+from signaling.ops.listen import Listener, where_clients_connect
 
 from .certs import CertificateAuthority
 from .conftest import TIMEOUT, Client
@@ -23,7 +23,7 @@ from .twistd_process import run_once, twistd
 
 #: The simple path's options, on loopback and a free port.
 ON_LOOPBACK = ("--interface", "127.0.0.1", "--port", "0")
-URL_LINE = r"\[signaling\.listen#info\] clients connect to (\S+?)(?:; demo page at (\S+))?$"
+URL_LINE = r"\[signaling\.ops\.listen#info\] clients connect to (\S+?)(?:; demo page at (\S+))?$"
 
 
 @contextlib.contextmanager
@@ -53,7 +53,7 @@ def cannot_listen_line(tmp_path: Path, *args: str) -> str:
     assert "Traceback" not in output and "CannotListenError" not in output, output
     lines = [line for line in output.splitlines() if "cannot listen" in line]
     assert len(lines) == 1, output
-    assert "[signaling.listen#error]" in lines[0], output
+    assert "[signaling.ops.listen#error]" in lines[0], output
     return lines[0]
 
 
@@ -136,7 +136,7 @@ def test_start_up_says_where_clients_and_browsers_connect(tmp_path: Path) -> Non
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(found[2], timeout=TIMEOUT) as page:
             assert b"static/demo.js" in page.read()
-        metrics = server.wait_for(r"\[signaling\.listen#info\] metrics at (\S+)$")
+        metrics = server.wait_for(r"\[signaling\.ops\.listen#info\] metrics at (\S+)$")
         assert metrics[1] == f"http://127.0.0.1:{metrics_port}/metrics"
         with opener.open(metrics[1], timeout=TIMEOUT) as response:
             assert b"signaling_uptime_seconds" in response.read()
@@ -167,7 +167,7 @@ def test_tls_and_unix_listeners_each_get_their_line(tmp_path: Path) -> None:
     ) as server:
         tls_port = server.ports(1)[0]
         server.wait_for(
-            r"\[signaling\.listen#info\] clients connect to ws://localhost/connect "
+            r"\[signaling\.ops\.listen#info\] clients connect to ws://localhost/connect "
             f"over the unix socket {re.escape(str(path))}; demo page at /$"
         )
         found = server.wait_for(URL_LINE.replace("(\\S+?)", "(wss://\\S+?)"))

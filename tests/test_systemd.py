@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from signaling.systemd import notify, notify_address
+from signaling.ops.systemd import notify, notify_address
 
 from .conftest import TIMEOUT, Client
 from .twistd_process import ROOT, assert_serves, source_env, twistd, twistd_argv, usage_error

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.ssl import TLSVersion
 
-from signaling.tls import ReloadableServerTLS, TLSConfigError, load_certificate
+from signaling.wire.tls import ReloadableServerTLS, TLSConfigError, load_certificate
 
 from .certs import CertificateAuthority
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from signaling.tap import Options
-from signaling.tuning import native_speedups
+from signaling.ops.tap import Options
+from signaling.wire.tuning import native_speedups
 
 from .twistd_process import ROOT, assert_serves, run_once, usage_error
 
@@ -68,8 +68,12 @@ def test_debug_log_level_logs_each_connection(run_twistd) -> None:
     server = run_twistd("--interface", "127.0.0.1", "--port", "0", "--log-level", "debug")
     assert_serves(server.port)
     output = server.stop()
-    for event in ("connect ", "join ", "disconnect "):
-        assert f"[signaling.protocol#debug] {event}" in output, event
+    for namespace, event in [
+        ("signaling.wire.protocol", "connect "),
+        ("signaling.core.session", "join "),
+        ("signaling.wire.protocol", "disconnect "),
+    ]:
+        assert f"[{namespace}#debug] {event}" in output, event
 
 
 def refuse_a_handshake(port: int) -> None:
@@ -115,7 +119,7 @@ def test_plain_get_of_connect_is_routine_not_a_warning(run_twistd, level: str) -
     assert_serves(server.port)
     if level == "debug":
         server.wait_for(
-            r"\[signaling\.protocol#debug\] plain HTTP request for /connect "
+            r"\[signaling\.wire\.protocol#debug\] plain HTTP request for /connect "
             r"from tcp4:127\.0\.0\.1:\d+: 426$"
         )
     output = server.stop()

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from twisted.internet import reactor
 
-from signaling.protocol import SignalingFactory
-from signaling.web import listening_factory
+from signaling.web.site import listening_factory
+from signaling.wire.protocol import SignalingFactory
 
 from ..conftest import on_reactor, wait_for
 from .peers import RECORD_SENT, WAIT, WAIT_MS
@@ -84,7 +84,7 @@ def test_non_trickle_mode_sends_candidates_only_in_the_sdp(server, open_page) ->
 def test_dropped_socket_reconnects_and_rejoins(server, open_page) -> None:
     stays, stays_id, drops, old_id = open_meshed_pair(server, open_page, "drop")
 
-    on_reactor(lambda: server.factory.clients[old_id].dropConnection(abort=True))
+    on_reactor(lambda: server.connection(old_id).dropConnection(abort=True))
     drops.page.wait_for_function(
         "old => window.demo.client.id && window.demo.client.id !== old", arg=old_id, timeout=WAIT_MS
     )
@@ -103,8 +103,8 @@ def test_unreachable_server_is_reported_and_retried(reactor_thread, open_page) -
     old_id = page.client_id()
 
     def stop() -> Any:
-        for protocol in list(factory.clients.values()):
-            protocol.dropConnection(abort=True)
+        for session in list(factory.hub.sessions.values()):
+            session.abort()
         return listening.stopListening()
 
     on_reactor(stop)

@@ -2,7 +2,7 @@ from twisted.application.service import ServiceMaker
 
 Signaling = ServiceMaker(
     "signaling",
-    "signaling.tap",
+    "signaling.ops.tap",
     "WebRTC signaling server (singo-compatible WebSocket protocol)",
     "signaling",
 )

@@ -40,9 +40,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .listen import ListeningService, address_url, check_endpoint
-from .logs import ServerLogger
-from .timers import cancel
+from signaling.core.clock import cancel
+from signaling.logs import ServerLogger
+from signaling.ops.listen import ListeningService, address_url, check_endpoint
 
 _log = ServerLogger()
 

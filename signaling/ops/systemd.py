@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.application.service import Service
 
-from .logs import ServerLogger
+from signaling.logs import ServerLogger
 
 _log = ServerLogger()
 

@@ -1,10 +1,9 @@
 """The admin API: look into a running server and act on its clients and rooms.
 
-Plain Python over a :class:`~signaling.protocol.SignalingFactory` and its
-:class:`~signaling.registry.RoomRegistry`.  The SSH manhole
-(:mod:`signaling.manhole`) puts these functions in its namespace under short
-names, but nothing here knows about SSH.  Call them in the reactor thread
-(the manhole runs there).
+Plain Python over a server's :class:`~signaling.core.hub.Hub` (its sessions
+and rooms). The SSH manhole (:mod:`signaling.admin.manhole`) puts these
+functions in its namespace under short names, but nothing here knows about
+SSH. Call them in the reactor thread (the manhole runs there).
 """
 
 from __future__ import annotations
@@ -13,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import messages
-from .logs import ServerLogger
-from .protocol import SignalingFactory, SignalingProtocol
-from .registry import Room
+from signaling.core import messages
+from signaling.core.hub import Hub
+from signaling.core.rooms import Room
+from signaling.core.session import Session
+from signaling.logs import ServerLogger
 
 _log = ServerLogger()
 
@@ -74,25 +74,29 @@ def _check_reason(reason: str) -> None:
 
 
 class Admin:
-    """The admin operations on one server (one factory and its registry)."""
+    """The admin operations on one server.
 
-    def __init__(self, factory: SignalingFactory) -> None:
-        self.factory = factory
-        self.registry = factory.registry
+    ``server`` is its :class:`~signaling.core.hub.Hub`, or anything with a
+    ``hub`` attribute (the :class:`~signaling.wire.protocol.SignalingFactory`).
+    """
+
+    def __init__(self, server: Hub | Any) -> None:
+        self.factory = None if isinstance(server, Hub) else server
+        self.hub: Hub = server if isinstance(server, Hub) else server.hub
 
     def rooms(self) -> dict[str, list[str]]:
         """Every room and the ids of its members, in join order."""
-        return {room.room_id: list(room.members) for room in self.registry.rooms()}
+        return {room.room_id: room.member_ids() for room in self.hub.rooms.rooms()}
 
     def clients(self) -> list[ClientInfo]:
         """Every open connection, in a room or not, oldest first."""
-        now = self.factory.clock.seconds()
-        infos = [self._info(protocol, now) for protocol in self.factory.clients.values()]
+        now = self.hub.clock.seconds()
+        infos = [self._info(session, now) for session in self.hub.sessions.values()]
         return sorted(infos, key=lambda info: info.connected_at)
 
     def client(self, client_id: str) -> ClientInfo:
         """Details of one open connection."""
-        return self._info(self._protocol(client_id), self.factory.clock.seconds())
+        return self._info(self._session(client_id), self.hub.clock.seconds())
 
     def kick(self, client_id: str, reason: str = "kicked by the server operator") -> None:
         """Close one client's connection with close code :data:`KICKED`.
@@ -100,26 +104,26 @@ class Admin:
         Its room gets ``leave-client`` at once.
         """
         _check_reason(reason)
-        protocol = self._protocol(client_id)
+        session = self._session(client_id)
         _log.info("admin kick {client_id} reason={reason!r}", client_id=client_id, reason=reason)
-        protocol.close_with(KICKED, reason)
+        session.close(KICKED, reason)
 
     def close_room(self, room_id: str, reason: str = "room closed by the server operator") -> int:
         """Close the connection of every member of a room, with close code
         :data:`ROOM_CLOSED`; return how many were closed."""
         _check_reason(reason)
         room = self._room(room_id)
-        local = [self.factory.clients.get(client_id) for client_id in room.members]
-        protocols = [protocol for protocol in local if protocol is not None]
+        local = [self.hub.sessions.get(client_id) for client_id in room.member_ids()]
+        sessions = [session for session in local if session is not None]
         _log.info(
             "admin close-room {room_id} members={members} reason={reason!r}",
             room_id=room_id,
-            members=len(protocols),
+            members=len(sessions),
             reason=reason,
         )
-        for protocol in protocols:
-            protocol.close_with(ROOM_CLOSED, reason)
-        return len(protocols)
+        for session in sessions:
+            session.close(ROOM_CLOSED, reason)
+        return len(sessions)
 
     def say(self, room_id: str, text: str) -> int:
         """Send ``server-message {text}`` to every member of a room; return
@@ -128,22 +132,18 @@ class Admin:
             raise TypeError(f"text must be a str, not {type(text).__name__}")
         room = self._room(room_id)
         _log.info("admin say {room_id} members={members}", room_id=room_id, members=len(room))
-        room.broadcast(messages.server_message(text))
-        return len(room)
+        return room.broadcast(messages.server_message(text))
 
     def stats(self) -> Snapshot:
         """Connections, rooms, members, message totals and uptime, right now."""
-        factory = self.factory
-        open_connections = factory.clients.values()
+        hub = self.hub
         return Snapshot(
-            connections=len(factory.clients),
-            rooms=self.registry.room_count,
-            members=self.registry.member_count,
-            messages_in=factory.closed_messages_in
-            + sum(protocol.messages_in for protocol in open_connections),
-            messages_out=factory.closed_messages_out
-            + sum(protocol.messages_out for protocol in open_connections),
-            uptime=factory.clock.seconds() - factory.started_at,
+            connections=len(hub.sessions),
+            rooms=hub.rooms.room_count,
+            members=hub.rooms.member_count,
+            messages_in=hub.messages_in(),
+            messages_out=hub.messages_out(),
+            uptime=hub.uptime(),
         )
 
     def namespace(self) -> dict[str, Any]:
@@ -157,28 +157,31 @@ class Admin:
             "say": self.say,
             "stats": self.stats,
         }
-        return {**functions, "admin": self, "factory": self.factory, "registry": self.registry}
+        objects = {"admin": self, "hub": self.hub, "registry": self.hub.rooms}
+        if self.factory is not None:
+            objects["factory"] = self.factory
+        return {**functions, **objects}
 
-    def _protocol(self, client_id: str) -> SignalingProtocol:
-        protocol = self.factory.clients.get(client_id)
-        if protocol is None:
+    def _session(self, client_id: str) -> Session:
+        session = self.hub.sessions.get(client_id)
+        if session is None:
             raise UnknownClient(f"no open connection with client id {client_id!r}")
-        return protocol
+        return session
 
     def _room(self, room_id: str) -> Room:
-        room = self.registry.room(room_id)
+        room = self.hub.rooms.room(room_id)
         if room is None:
             raise UnknownRoom(f"no room {room_id!r}")
         return room
 
-    def _info(self, protocol: SignalingProtocol, now: float) -> ClientInfo:
-        room = protocol.room
+    def _info(self, session: Session, now: float) -> ClientInfo:
+        room = session.room
         return ClientInfo(
-            client_id=protocol.client_id,
-            address=protocol.client_address,
+            client_id=session.client_id,
+            address=session.address,
             room_id=room.room_id if room is not None else None,
-            connected_at=protocol.connected_at,
-            connected_for=now - protocol.connected_at,
-            messages_in=protocol.messages_in,
-            messages_out=protocol.messages_out,
+            connected_at=session.connected_at,
+            connected_for=now - session.connected_at,
+            messages_in=session.messages_in,
+            messages_out=session.messages_out,
         )

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from zope.interface import implementer
 
-from .logs import ServerLogger
+from signaling.logs import ServerLogger
 
 _log = ServerLogger()
 

@@ -23,13 +23,19 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from zope.interface import provider
 
-from . import __version__, metrics
-from .addresses import forwarded_address, socket_address
-from .admission import RETRY_AFTER, Admission
-from .demo import STATIC_PATH, StaticDirectory, StaticFileResource, load_static_files
-from .logs import LogBudget
-from .protocol import SignalingFactory
-from .timers import cancel
+from signaling import __version__
+from signaling.core.clock import cancel
+from signaling.logs import LogBudget
+from signaling.web import metrics
+from signaling.web.demo import (
+    STATIC_PATH,
+    StaticDirectory,
+    StaticFileResource,
+    load_static_files,
+)
+from signaling.wire.addresses import forwarded_address, socket_address
+from signaling.wire.admission import RETRY_AFTER, Admission
+from signaling.wire.protocol import SignalingFactory
 
 WEBSOCKET_PATH = b"connect"
 
@@ -93,16 +99,17 @@ class HealthResource(Resource):
         if request.postpath:
             return cast(bytes, notFound().render(request))
         factory = self.factory
-        request.setResponseCode(503 if factory.draining else 200)
-        if factory.draining:
+        hub = factory.hub
+        request.setResponseCode(503 if hub.draining else 200)
+        if hub.draining:
             request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         health: dict[str, Any] = {
-            "status": "draining" if factory.draining else "ok",
-            "uptime": round(factory.clock.seconds() - factory.started_at, 3),
-            "rooms": factory.registry.room_count,
-            "clients": len(factory.clients),
+            "status": "draining" if hub.draining else "ok",
+            "uptime": round(hub.uptime(), 3),
+            "rooms": hub.rooms.room_count,
+            "clients": len(hub.sessions),
         }
         if not factory.hide_version:
             health["version"] = __version__
@@ -206,7 +213,7 @@ class SignalingSite(_AccessLoggedSite):
         request is not for ``/connect``): an HTTP channel replaces that
         protocol on ``transport``, reads ``data``, and gets what is left of
         the deadline."""
-        # Until then it counts as pending (signaling.admission); a WebSocket
+        # Until then it counts as pending (signaling.wire.admission); a WebSocket
         # it upgrades to takes the count over.
         release = partial(self.admission.release, transport) if self.admission else None
         protocol = self._with_deadline(
@@ -244,7 +251,7 @@ class _ReleasingConnectionLost:
 
 def request_client_address(request: Request, trust_proxy: int) -> str:
     """The client of an HTTP request, in the form the WebSocket side shows
-    (signaling.addresses): from X-Forwarded-For when ``trust_proxy`` proxies
+    (signaling.wire.addresses): from X-Forwarded-For when ``trust_proxy`` proxies
     are trusted and it names one, else the connection's peer."""
     if trust_proxy:
         lines = request.requestHeaders.getRawHeaders(b"x-forwarded-for")

@@ -6,8 +6,6 @@ import base64
 import hashlib
 import re
 import socket
-from collections import Counter
-from time import perf_counter
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -29,31 +27,25 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import messages
-from .addresses import forwarded_address, socket_address
-from .admission import RETRY_AFTER, Admission
-from .framing import GENERAL, NEED_MORE, next_frame, text_frame
-from .handshake import CONNECT_PATH, PlainUpgrade, plain_upgrade
-from .limits import Limits, RateLimiter
-from .logs import LogBudget, ServerLogger
-from .messages import Join, NotUtf8, ProtocolError, Relay
-from .origin import OriginPolicy
-from .registry import AlreadyInRoom, Room, RoomFull, RoomRegistry, TooManyRooms, new_client_id
-from .stats import Stats
-from .timers import cancel
-from .tls import describe_error
-from .tuning import skip_autobahn_debug_formatting
+from signaling.core.clock import cancel
+from signaling.core.hub import Hub
+from signaling.core.ids import new_client_id
+from signaling.core.limits import Limits
+from signaling.core.session import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY, Session
+from signaling.logs import LogBudget, ServerLogger
+from signaling.wire.addresses import forwarded_address, socket_address
+from signaling.wire.admission import RETRY_AFTER, Admission
+from signaling.wire.framing import GENERAL, NEED_MORE, next_frame, text_frame
+from signaling.wire.handshake import CONNECT_PATH, PlainUpgrade, plain_upgrade
+from signaling.wire.tls import describe_error
+from signaling.wire.tuning import skip_autobahn_debug_formatting
 
 _log = ServerLogger()
 skip_autobahn_debug_formatting()
 
-#: Close code for policy violations (rate limit, slow reader, join timeout).
-CLOSE_POLICY = 1008
 #: Transports whose socket send_frame may write to directly (not TLS).
 _PLAIN_STREAMS = (tcp.Server, unix.Server)
 
-#: Close code for a text frame that is not UTF-8.
-CLOSE_INVALID_PAYLOAD = 1007
 #: Close code for a message too large, or split into too many frames.
 CLOSE_TOO_BIG = 1009
 #: Close code for a protocol violation (here: a malformed close frame).
@@ -104,26 +96,21 @@ def _is_websocket_target(target: bytes) -> bool:
 
 @implementer(IPushProducer)
 class SignalingProtocol(WebSocketServerProtocol):
-    """One client: parses its frames and dispatches to ``handle_*``.
+    """One client's connection: reads its frames and hands each message to
+    its :class:`~signaling.core.session.Session`, and writes what the
+    session sends (it is the session's :class:`~signaling.core.session.Wire`).
 
     It is also the streaming producer registered with its transport, so it
     learns when the client stops reading and can bound what is queued for it.
     """
 
     factory: SignalingFactory
-    client_id: str = ""
+    #: The client's session (the protocol's rules), once the handshake succeeded.
+    session: Session | None = None
     #: What --max-connections-per-address counts this client by (None: not
-    #: counted); see signaling.addresses.
+    #: counted); see signaling.wire.addresses.
     limit_key: str | None = None
-    room: Room | None = None
-    connected_at: float = 0.0
-    #: Frames received from and sent to this client (read by the admin console).
-    messages_in: int = 0
-    messages_out: int = 0
-    _limiter: RateLimiter | None = None
-    _join_timer: IDelayedCall | None = None
     _keepalive: IDelayedCall | None = None
-    _last_seen = 0.0
     _ping_sent_at = 0.0
     _paused = False
     _backlog = 0
@@ -146,7 +133,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     def client_address(self) -> str:
         """The client's address, e.g. ``tcp4:192.0.2.7:50412`` or ``unix``; with
         ``--trust-proxy``, the address the trusted proxies put in X-Forwarded-For
-        (see signaling.addresses)."""
+        (see signaling.wire.addresses)."""
         return self.peer or ""
 
     # -- opening handshake -----------------------------------------------------
@@ -190,13 +177,13 @@ class SignalingProtocol(WebSocketServerProtocol):
         timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
         if timer is not None:
             timer.cancel()  # a batched timer: cancel() alone, no active()
-        if not self.client_id:
+        if self.session is None:
             if self.transport is not None:
                 self.factory.admission.release(cast(ITransport, self.transport))
             # Never opened: Autobahn would log a failed TLS handshake (a
             # scanner, plain HTTP on the wss port) as an error.
             if reason.check(SSL.Error):
-                self.factory.stats.tls_failures += 1
+                self.factory.hub.stats.tls_failures += 1
                 _log.debug(
                     "TLS failed {peer}: {reason}",
                     peer=self.peer,
@@ -204,7 +191,8 @@ class SignalingProtocol(WebSocketServerProtocol):
                 )
             self._connectionLost(cast(Any, reason))
         else:
-            super().connectionLost(reason)
+            super().connectionLost(reason)  # onClose ends the session
+            self.session.closed()  # (at once, should onClose not have run)
         # Autobahn resolves is_closed with the protocol itself, a reference
         # cycle that only a full collection would free (rare, see tuning):
         # every closed connection would stay in memory until then.
@@ -255,7 +243,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         super().processHandshake()
 
     def _refuse_handshake(self, status: int, reason: str) -> None:
-        self.factory.stats.refused_handshakes[status] += 1
+        self.factory.hub.stats.refused_handshakes[status] += 1
         self.failHandshake(reason, status)
 
     def failHandshake(
@@ -271,7 +259,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         if code == 426:
             _log.debug("plain HTTP request for /connect from {peer}: 426", peer=self.peer)
             headers.insert(0, ("Upgrade", "websocket"))
-        elif self.factory.log_budget.allow("failed handshake"):
+        elif self.factory.hub.log_budget.allow("failed handshake"):
             _log.info(
                 "failing WebSocket opening handshake ('{reason}') from {peer}: {code}",
                 reason=reason,
@@ -403,36 +391,26 @@ class SignalingProtocol(WebSocketServerProtocol):
                     self.peer, self.limit_key = client
         elif "x-forwarded-for" in headers or "forwarded" in headers:
             factory.untrusted_forwarding()
-        if factory.draining:
+        hub = factory.hub
+        if hub.draining:
             self._refuse(503, "server is shutting down")
-        if not factory.origins.allows(request.headers.get("origin")):
+        if not hub.origins.allows(request.headers.get("origin")):
             self._refuse(403, "origin not allowed")
-        limits = factory.limits
-        if limits.max_connections and len(factory.clients) >= limits.max_connections:
-            self._refuse(503, "too many connections")
-        if (
-            limits.max_connections_per_address
-            and self.limit_key is not None
-            and factory.address_counts[self.limit_key] >= limits.max_connections_per_address
-        ):
-            self._refuse(503, "too many connections from this address")
+        refusal = hub.refusal(self.limit_key)
+        if refusal is not None:
+            self._refuse(503, refusal)
 
     def _refuse(self, status: int, reason: str) -> None:
-        self.factory.stats.refused_handshakes[status] += 1
+        self.factory.hub.stats.refused_handshakes[status] += 1
         raise ConnectionDeny(status, reason)
 
     def onOpen(self) -> None:
         factory = self.factory
         factory.admission.release(cast(ITransport, self.transport))
-        self.client_id = client_id = new_client_id()
-        self.connected_at = self._last_seen = now = factory.clock.seconds()
-        factory.clients[client_id] = self
-        if self.limit_key is not None:
-            factory.address_counts[self.limit_key] += 1
-        factory.stats.connections_total += 1
+        self.session = session = Session(
+            factory.hub, self, new_client_id(), self.peer or "", self.limit_key
+        )
         limits = factory.limits
-        if limits.rate_limit > 0:
-            self._limiter = RateLimiter(limits.rate_limit, limits.rate_burst, now)
         # Be the transport's producer, so pauseProducing tells us the client
         # lags (in place of twisted.web's channel, after a keep-alive upgrade).
         transport = cast(IConsumer, self.transport)
@@ -445,15 +423,13 @@ class SignalingProtocol(WebSocketServerProtocol):
         self.http_request_data = b""
         self.http_response_data = ""
         self.utf8validator = None  # type: ignore[assignment]
-        self._start_join_timer()
+        welcome = session.open()
         if limits.ping_interval > 0:
             self._keepalive = factory.clock.callLater(limits.ping_interval, self._send_keepalive)
-        _log.debug("connect {client_id} from {peer}", client_id=client_id, peer=self.peer)
+        _log.debug("connect {client_id} from {peer}", client_id=session.client_id, peer=self.peer)
         # The 101 response and the client's id leave in one send.
         greeting, self._greeting = self._greeting, b""
-        welcome = messages.notify_client_id(client_id)
-        self.messages_out += 1
-        factory.stats.bytes_out += len(welcome)
+        factory.hub.stats.bytes_out += len(welcome)
         self._write(greeting + text_frame(welcome))
         # Last: should anything above fail, the deadline still closes it.
         self._cancel_handshake_deadline()
@@ -495,198 +471,78 @@ class SignalingProtocol(WebSocketServerProtocol):
         offset = 0
         limit = self.factory.limits.max_message_size
         factory = self.factory
-        while True:
-            end, is_binary, payload = next_frame(buf, offset, limit)
-            if end < 0:
-                break
-            offset = end
-            # A read that carried several frames is a burst: let the
-            # transport gather the replies into one send per target.
-            factory.write_through = end == len(buf)
-            self.onMessage(payload, is_binary)
-            if self.state != self.STATE_OPEN:
-                end = GENERAL  # closing: Autobahn reads the rest (the close reply)
-                break
-        factory.write_through = True
+        receive = cast(Session, self.session).receive
+        try:
+            while True:
+                end, is_binary, payload = next_frame(buf, offset, limit)
+                if end < 0:
+                    break
+                offset = end
+                # A read that carried several frames is a burst: let the
+                # transport gather the replies into one send per target.
+                factory.write_through = end == len(buf)
+                receive(payload, is_binary)
+                if self.state != self.STATE_OPEN:
+                    end = GENERAL  # closing: Autobahn reads the rest (the close reply)
+                    break
+        finally:
+            factory.write_through = True
         if end == NEED_MORE:
             self._partial = buf[offset:]
         elif offset < len(buf) and not self._ignoring_input:
             super().dataReceived(buf[offset:])
 
     def onFrameBegin(self) -> None:
-        """Count the frames that are not whole messages (which onMessage
+        """Count the frames that are not whole messages (which the session
         counts): each continuation frame against ``--max-fragments`` and
         the rate limit. Autobahn calls this for every frame it reads."""
-        if self.state == self.STATE_OPEN:
+        session = self.session
+        if self.state == self.STATE_OPEN and session is not None:
             opcode = self.current_frame.opcode
             if opcode == 0:
                 self._fragments += 1
                 limit = self.factory.limits.max_fragments
                 if limit and self._fragments > limit:
-                    _log.debug("too many fragments: closing {client_id}", client_id=self.client_id)
-                    self._close_flooder(CLOSE_TOO_BIG, f"more than {limit} frames in one message")
+                    _log.debug(
+                        "too many fragments: closing {client_id}", client_id=session.client_id
+                    )
+                    self.close(CLOSE_TOO_BIG, f"more than {limit} frames in one message")
+                    self.stop_reading()
                 else:
-                    self._frame_allowed()
+                    session.frame_allowed()
             elif opcode < 8:
                 self._fragments = 1
         super().onFrameBegin()
 
-    def _frame_allowed(self) -> bool:
-        """Spend a token of the rate limit on a frame that carries no
-        message (a ping, a pong, a continuation); past the strikes, close."""
-        limiter = self._limiter
-        if limiter is None or limiter.allow(self.factory.clock.seconds()):
-            return True
-        strikes = self.factory.limits.rate_limit_strikes
-        if strikes and limiter.strikes >= strikes:
-            _log.debug("frame flood: closing {client_id}", client_id=self.client_id)
-            self._close_flooder(CLOSE_POLICY, "rate limit exceeded")
-        return False
-
     def onPing(self, payload: bytes) -> None:
         """Answer, unless over the rate limit or too far behind: a client
         that pings without reading must not make its pongs pile up."""
+        session = self.session
         if (
             self.state == self.STATE_OPEN
+            and session is not None
             and not self._dropping
-            and self._frame_allowed()
+            and session.frame_allowed()
             and not (self._paused and self._too_far_behind(len(payload) + 2))
         ):
             self.sendPong(payload)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.state != self.STATE_OPEN:
-            return  # closing: Autobahn still delivers frames, but they no longer count
-        started = perf_counter()
-        self.messages_in += 1
-        factory = self.factory
-        stats = factory.stats
-        stats.bytes_in += len(payload)
-        self._last_seen = now = factory.clock.seconds()
-        limiter = self._limiter
-        if limiter is not None and not limiter.allow(now):
-            self._rate_limited(limiter)
-            return
-        if isBinary:
-            stats.received["invalid"] += 1
-            self.send_error(
-                messages.UNSUPPORTED_FRAME, "binary frames are not supported; send JSON text"
-            )
-            return
-        try:
-            message = messages.parse(payload, factory.limits.max_room_id_length)
-        except ProtocolError as e:
-            stats.received["invalid"] += 1
-            self.send_error(e.code, e.message, e.in_reply_to)
-            return
-        except NotUtf8:
-            stats.received["invalid"] += 1
-            self.close_with(CLOSE_INVALID_PAYLOAD, "text frame is not valid UTF-8")
-            return
-        kind = type(message)
-        if kind is Relay:
-            relay = cast(Relay, message)
-            stats.received[relay.type] += 1
-            if self.handle_relay(relay):
-                stats.relayed[relay.type] += 1
-                stats.observe_relay(perf_counter() - started)
-        elif kind is Join:
-            stats.received["join"] += 1
-            self.handle_join(cast(Join, message))
-        else:
-            stats.received["leave"] += 1
-            self.handle_leave()
-
-    def handle_relay(self, message: Relay) -> bool:
-        """Forward an offer, answer or candidate; True if it was delivered."""
-        room = self.room
-        if room is None:
-            self.send_error(
-                messages.NOT_IN_ROOM, "join a room before sending " + message.type, message.type
-            )
-            return False
-        target = message.target
-        if target != self.client_id and room.send(
-            target, messages.relayed(message.type, self.client_id, message.body)
-        ):
-            return True
-        self.send_error(
-            messages.UNKNOWN_CLIENT,
-            "no other client with this id in your room",
-            message.type,
-            client_id=target,
-        )
-        return False
-
-    def handle_join(self, message: Join) -> None:
-        try:
-            room, existing = self.factory.registry.join(message.room_id, self)
-        except AlreadyInRoom as e:
-            self.send_error(
-                messages.ALREADY_IN_ROOM,
-                "already in a room; send leave first",
-                "join",
-                room_id=e.args[0],
-            )
-            return
-        except RoomFull as e:
-            self.send_error(
-                messages.ROOM_FULL, f"the room has its maximum of {e.args[0]} members", "join"
-            )
-            return
-        except TooManyRooms:
-            self.send_error(
-                messages.TOO_MANY_ROOMS, "the server has no room for another room", "join"
-            )
-            return
-        self.room = room
-        self._cancel_join_timer()
-        _log.debug(
-            "join {client_id} room={room_id!r} members={members}",
-            client_id=self.client_id,
-            room_id=room.room_id,
-            members=len(room),
-        )
-        self.send_frame(messages.joined(room.room_id, existing))
-
-    def handle_leave(self) -> None:
-        if self.room is None:
-            self.send_error(messages.NOT_IN_ROOM, "not in a room", "leave")
-            return
-        self._leave_room()
-        self._start_join_timer()
-
-    def _leave_room(self) -> None:
-        room = self.factory.registry.leave(self.client_id)
-        self.room = None
-        if room is not None:
-            _log.debug(
-                "leave {client_id} room={room_id!r} remaining={remaining}",
-                client_id=self.client_id,
-                room_id=room.room_id,
-                remaining=len(room),
-            )
+        """A message read on Autobahn's path (fragmented, or after a
+        partial frame)."""
+        if self.state == self.STATE_OPEN and self.session is not None:
+            self.session.receive(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_handshake_deadline()
-        if not self.client_id:
+        session = self.session
+        if session is None:
             return  # the opening handshake never completed
-        factory = self.factory
-        self._cancel_join_timer()
         cancel(self._keepalive)
-        factory.closed_messages_in += self.messages_in
-        factory.closed_messages_out += self.messages_out
-        key = self.limit_key
-        if factory.clients.pop(self.client_id, None) is not None and key is not None:
-            counts = factory.address_counts
-            counts[key] -= 1
-            if counts[key] <= 0:
-                del counts[key]
-        if self.room is not None:
-            self._leave_room()
+        session.closed()
         _log.debug(
             "disconnect {client_id} code={code} reason={reason!r} clean={clean}",
-            client_id=self.client_id,
+            client_id=session.client_id,
             code=code,
             reason=reason,
             clean=wasClean,
@@ -700,11 +556,11 @@ class SignalingProtocol(WebSocketServerProtocol):
         closes but does not read could otherwise keep it forever)."""
         if self.state == self.STATE_OPEN:
             if code is not None and code not in _VALID_CLOSE_CODES:
-                self.close_with(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+                self.close(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
                 self.wasClean = False
                 self.wasNotCleanReason = "malformed close frame"
             elif reasonRaw is not None and not _is_utf8(reasonRaw):
-                self.close_with(CLOSE_INVALID_PAYLOAD, "close reason is not valid UTF-8")
+                self.close(CLOSE_INVALID_PAYLOAD, "close reason is not valid UTF-8")
                 self.wasClean = False
                 self.wasNotCleanReason = "malformed close frame"
             else:
@@ -763,9 +619,10 @@ class SignalingProtocol(WebSocketServerProtocol):
         transport: Any = self.transport
         if transport is None:
             return None
-        self._cancel_join_timer()
         cancel(self._keepalive)
         self._keepalive = None
+        if self.session is not None:
+            self.session.closing()
         if self.state == self.STATE_CLOSED:  # dropped already: at most harder
             if abort:
                 transport.abortConnection()
@@ -781,21 +638,23 @@ class SignalingProtocol(WebSocketServerProtocol):
         return transport
 
     def onPong(self, payload: bytes) -> None:
-        if self.state == self.STATE_OPEN:
-            self._frame_allowed()
-        self._last_seen = self.factory.clock.seconds()
+        session = self.session
+        if session is not None:
+            if self.state == self.STATE_OPEN:
+                session.frame_allowed()
+            session.last_seen = self.factory.clock.seconds()
 
-    # -- sending ---------------------------------------------------------------
+    # -- Wire: what the session sends -----------------------------------------
 
-    def send_frame(self, data: bytes) -> None:
+    def send_frame(self, data: bytes) -> bool:
         """Queue one frame, unless the client has fallen too far behind."""
         if self.state != self.STATE_OPEN or self._dropping:
-            return
+            return False
         if self._paused and self._too_far_behind(len(data)):
-            return
-        self.messages_out += 1
-        self.factory.stats.bytes_out += len(data)
+            return False
+        self.factory.hub.stats.bytes_out += len(data)
         self._write(text_frame(data))
+        return True
 
     def _write(self, frame: bytes) -> None:
         transport: Any = self.transport
@@ -818,26 +677,20 @@ class SignalingProtocol(WebSocketServerProtocol):
             frame = frame[sent:]
         transport.write(frame)
 
-    #: Member interface: the room delivers frames for this client here.
-    deliver = send_frame
-
-    def send_error(
-        self, code: str, text: str, in_reply_to: str | None = None, **details: Any
-    ) -> None:
-        factory = self.factory
-        factory.stats.errors[code] += 1
-        if factory.log_budget.allow("error"):
-            _log.info(
-                "error {client_id} {code}: {text}", client_id=self.client_id, code=code, text=text
-            )
-        if in_reply_to is not None:
-            details["in_reply_to"] = in_reply_to
-        self.send_frame(messages.error(code, text, **details))
-
-    def close_with(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, timeout: float | None = None) -> None:
         """Start the closing handshake; the room hears of it at once."""
         if self.state == self.STATE_OPEN:
+            if timeout is not None:
+                self.closeHandshakeTimeout = timeout
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+
+    def stop_reading(self) -> None:
+        """Read nothing more from this client: parsing the rest of a flood
+        would only cost time. Its reply to a close is not read either, so
+        the closing handshake times out and the connection is dropped."""
+        self._ignoring_input = True
+        self.data = b""  # Autobahn's buffer: the rest of this read
+        self._partial = b""
 
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
@@ -845,33 +698,11 @@ class SignalingProtocol(WebSocketServerProtocol):
         # Every way out of OPEN passes here (ours, Autobahn's protocol
         # errors, the shutdown, the client's own close): the room hears
         # leave-client now, not when TCP finally closes.
-        if self.room is not None:
-            self._leave_room()
+        if self.session is not None:
+            self.session.closing()
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
 
-    # -- limits ------------------------------------------------------------------
-
-    def _rate_limited(self, limiter: RateLimiter) -> None:
-        strikes = self.factory.limits.rate_limit_strikes
-        if strikes and limiter.strikes >= strikes:
-            if self.factory.log_budget.allow("rate limit"):
-                _log.info("rate limit: closing {client_id}", client_id=self.client_id)
-            self._close_flooder(CLOSE_POLICY, "rate limit exceeded")
-            return
-        self.send_error(
-            messages.RATE_LIMITED,
-            f"more than {limiter.rate:g} messages a second; message dropped",
-        )
-
-    def _close_flooder(self, code: int, reason: str) -> None:
-        """Close, and read nothing more from this client: parsing the rest
-        of a flood would only cost time. Its reply to the close is not read
-        either, so the closing handshake times out and the connection is
-        dropped."""
-        self.close_with(code, reason)
-        self._ignoring_input = True
-        self.data = b""  # Autobahn's buffer: the rest of this read
-        self._partial = b""
+    # -- backpressure ------------------------------------------------------------
 
     def _too_far_behind(self, size: int) -> bool:
         """Whether ``size`` more bytes for this paused client would exceed
@@ -895,42 +726,38 @@ class SignalingProtocol(WebSocketServerProtocol):
         return self._backlog
 
     def _drop_slow_consumer(self) -> None:
-        self.factory.stats.slow_consumers += 1
-        if self.factory.log_budget.allow("slow consumer"):
+        hub = self.factory.hub
+        hub.stats.slow_consumers += 1
+        if hub.log_budget.allow("slow consumer"):
             _log.info(
                 "slow consumer {client_id}: more than {limit} bytes queued; closing",
                 client_id=self.client_id,
-                limit=self.factory.limits.max_send_buffer,
+                limit=hub.limits.max_send_buffer,
             )
         # Not now: this runs inside a delivery, possibly in the middle of a
-        # registry operation on this client's room.
+        # rooms operation on this client's room.
         self._dropping = True
-        self.factory.clock.callLater(
-            0, self._close_flooder, CLOSE_POLICY, "client is not reading its messages"
-        )
+        hub.clock.callLater(0, self._close_flooder, "client is not reading its messages")
 
-    def _start_join_timer(self) -> None:
-        timeout = self.factory.limits.join_timeout
-        if timeout > 0:
-            self._join_timer = self.factory.clock.callLater(timeout, self._join_timed_out)
+    def _close_flooder(self, reason: str) -> None:
+        self.close(CLOSE_POLICY, reason)
+        self.stop_reading()
 
-    def _cancel_join_timer(self) -> None:
-        cancel(self._join_timer)
-        self._join_timer = None
+    @property
+    def client_id(self) -> str:
+        """The session's client id ("" before the handshake succeeded)."""
+        return self.session.client_id if self.session is not None else ""
 
-    def _join_timed_out(self) -> None:
-        self._join_timer = None
-        timeout = self.factory.limits.join_timeout
-        self.send_error(messages.JOIN_TIMEOUT, f"no join within {timeout:g} seconds")
-        self.close_with(CLOSE_POLICY, "join timeout")
+    # -- keepalive -----------------------------------------------------------------
 
     def _send_keepalive(self) -> None:
         """Ping, unless the client spoke within the last interval anyway."""
-        if self.state != self.STATE_OPEN:
+        session = self.session
+        if self.state != self.STATE_OPEN or session is None:
             return
         clock, limits = self.factory.clock, self.factory.limits
         now = clock.seconds()
-        quiet_for = now - self._last_seen
+        quiet_for = now - session.last_seen
         if 0 <= quiet_for < limits.ping_interval:
             self._keepalive = clock.callLater(
                 limits.ping_interval - quiet_for, self._send_keepalive
@@ -941,12 +768,14 @@ class SignalingProtocol(WebSocketServerProtocol):
         self._keepalive = clock.callLater(limits.ping_timeout, self._check_keepalive)
 
     def _check_keepalive(self) -> None:
-        if self._last_seen >= self._ping_sent_at:
+        session = self.session
+        if session is not None and session.last_seen >= self._ping_sent_at:
             self._send_keepalive()
             return
         self._keepalive = None
-        self.factory.stats.keepalive_timeouts += 1
-        if self.factory.log_budget.allow("keepalive timeout"):
+        hub = self.factory.hub
+        hub.stats.keepalive_timeouts += 1
+        if hub.log_budget.allow("keepalive timeout"):
             _log.info("keepalive timeout {client_id}", client_id=self.client_id)
         self.wasClean = False
         self.wasNotCleanReason = "no answer to a keepalive ping"
@@ -966,61 +795,47 @@ class SignalingProtocol(WebSocketServerProtocol):
 
 
 class SignalingFactory(WebSocketServerFactory):
-    """Shares one :class:`RoomRegistry` among all connections.
+    """Serves the WebSocket connections of one :class:`~signaling.core.hub.Hub`.
 
-    ``clients`` maps the id of every open connection (in a room or not) to
-    its protocol; ``clock`` is the time source (the reactor by default);
+    ``hub`` is the server's shared state (made with ``clock`` and ``limits``
+    when not given); ``clock`` is the time source (the reactor by default);
     ``trust_proxy`` is how many proxies in front add to X-Forwarded-For.
-    ``draining`` is set while the server shuts down (new handshakes get
-    503); ``started_at`` is when
-    the factory was made, by ``clock``; the ``closed_messages_*`` counters keep
-    the totals of closed connections.
     """
 
     protocol = SignalingProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
-        registry: RoomRegistry | None = None,
+        hub: Hub | None = None,
         *,
         clock: IReactorTime | None = None,
         limits: Limits | None = None,
         trust_proxy: int = 0,
     ) -> None:
         super().__init__()
-        if clock is None:
-            from twisted.internet import reactor
+        if hub is None:
+            if clock is None:
+                from twisted.internet import reactor
 
-            clock = cast(IReactorTime, reactor)
-        self.clock = clock
-        self.limits = limits = limits if limits is not None else Limits()
-        self.registry = (
-            registry
-            if registry is not None
-            else RoomRegistry(max_room_size=limits.max_room_size, max_rooms=limits.max_rooms)
-        )
-        self.origins = OriginPolicy(limits.allowed_origins)
-        self.stats = Stats()
-        self.started_at = clock.seconds()
-        self.closed_messages_in = 0
-        self.closed_messages_out = 0
-        self.draining = False
+                clock = cast(IReactorTime, reactor)
+            hub = Hub(clock, limits, log=ServerLogger("signaling.core.session"))
+        self.hub = hub
+        self.clock = clock = cast(IReactorTime, hub.clock)
+        self.limits = limits = hub.limits
+        #: Set by a connection while it reads one frame of several: what it
+        #: sends then is left to the transport to gather (see dataReceived).
         self.write_through = True
         self.trust_proxy = trust_proxy
-        self.clients: dict[str, SignalingProtocol] = {}
-        #: Read plain handshakes in one pass (signaling.handshake); False
+        #: Read plain handshakes in one pass (signaling.wire.handshake); False
         #: leaves every handshake to Autobahn.
         self.plain_handshakes = True
         self.noisy = False
         #: Where requests for other paths than /connect go (``web.listening_factory``).
         self.http_site: HTTPFallback | None = None
-        self.address_counts: Counter[str] = Counter()
-        #: Caps on connections that are not (yet) WebSockets; see signaling.admission.
+        #: Caps on connections that are not (yet) WebSockets; see signaling.wire.admission.
         self.admission = Admission(limits, clock, per_address=not trust_proxy)
-        #: Bounds the log lines that clients can cause.
-        self.log_budget = LogBudget(clock, limits.client_log_rate)
         #: Bounds the HTTP access log, whose requests clients choose too.
-        self.access_log_budget = LogBudget(clock, limits.access_log_rate)
+        self.access_log_budget = LogBudget(clock, limits.access_log_rate, _log)
         #: Leave versions out of the Server header and /healthz (--hide-version).
         self.hide_version = False
         self.setProtocolOptions(
@@ -1040,15 +855,16 @@ class SignalingFactory(WebSocketServerFactory):
             # No HTML status page (it also honours ?redirect=, an open
             # redirect): a plain GET of /connect gets an HTTP error.
             webStatus=False,
-            # onConnect reads X-Forwarded-For itself (signaling.addresses).
+            # onConnect reads X-Forwarded-For itself (signaling.wire.addresses).
             trustXForwardedFor=0,
         )
 
     def untrusted_forwarding(self) -> None:
         """Count a request that carried X-Forwarded-For or Forwarded while no
         proxy is trusted; warn the first time."""
-        self.stats.untrusted_forwarded += 1
-        if self.stats.untrusted_forwarded == 1:
+        stats = self.hub.stats
+        stats.untrusted_forwarded += 1
+        if stats.untrusted_forwarded == 1:
             _log.warn(
                 "a request came with X-Forwarded-For or Forwarded, but --trust-proxy is 0: "
                 "the header is ignored, so clients behind that proxy all have its address "

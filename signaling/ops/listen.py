@@ -27,9 +27,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .admission import Admission, AdmittingFactory, quiet_accept_errors
-from .logs import ServerLogger
-from .tls import INTERMEDIATE_CIPHERS, ReloadableServerTLS, select_alpn
+from signaling.logs import ServerLogger
+from signaling.wire.admission import Admission, AdmittingFactory, quiet_accept_errors
+from signaling.wire.tls import INTERMEDIATE_CIPHERS, ReloadableServerTLS, select_alpn
 
 _log = ServerLogger()
 

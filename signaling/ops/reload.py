@@ -11,9 +11,9 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from .logs import ServerLogger
-from .signals import install_handler
-from .tls import ReloadableServerTLS, describe
+from signaling.logs import ServerLogger
+from signaling.ops.signals import install_handler
+from signaling.wire.tls import ReloadableServerTLS, describe
 
 _log = ServerLogger()
 

@@ -34,9 +34,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
-from .addresses import socket_address
-from .limits import Limits, RateLimiter
-from .logs import ServerLogger
+from signaling.core.limits import Limits, RateLimiter
+from signaling.logs import ServerLogger
+from signaling.wire.addresses import socket_address
 
 _log = ServerLogger()
 

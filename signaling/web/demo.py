@@ -41,9 +41,9 @@ class StaticFile:
 
 
 def load_static_files() -> dict[str, StaticFile]:
-    """Read every servable file of ``signaling/static`` (package data)."""
+    """Read every servable file of ``signaling/web/static`` (package data)."""
     files = {}
-    for entry in resources.files("signaling").joinpath("static").iterdir():
+    for entry in resources.files("signaling.web").joinpath("static").iterdir():
         suffix = "." + entry.name.rpartition(".")[2]
         if suffix not in _CONTENT_TYPES:
             continue

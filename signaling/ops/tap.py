@@ -11,38 +11,38 @@ from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 from txaio import tx as txaio_twisted
 
-from . import __version__
-from .admin import Admin
-from .admission import raise_open_files_limit
-from .limits import Limits
-from .listen import (
-    ListeningService,
-    address_url,
-    check_endpoint,
-    listening_service,
-    plan_listeners,
-)
-from .logs import LEVELS, ServerLogger, set_level
-from .manhole import (
+from signaling import __version__
+from signaling.admin import Admin
+from signaling.admin.manhole import (
     DEFAULT_AUTH_TIMEOUT,
     DEFAULT_HOST_KEY_PATH,
     ManholeConfig,
     manhole_config,
     manhole_service,
 )
-from .protocol import SignalingFactory
-from .reload import CertificateReloader
-from .shutdown import GracefulShutdown
-from .systemd import SystemdNotifier
-from .tls import (
+from signaling.core.limits import Limits
+from signaling.logs import LEVELS, ServerLogger, set_level
+from signaling.ops.listen import (
+    ListeningService,
+    address_url,
+    check_endpoint,
+    listening_service,
+    plan_listeners,
+)
+from signaling.ops.reload import CertificateReloader
+from signaling.ops.shutdown import GracefulShutdown
+from signaling.ops.systemd import SystemdNotifier
+from signaling.web.site import build_metrics_site, listening_factory
+from signaling.wire.admission import raise_open_files_limit
+from signaling.wire.protocol import SignalingFactory
+from signaling.wire.tls import (
     INTERMEDIATE_CIPHERS,
     MINIMUM_VERSIONS,
     ReloadableServerTLS,
     TLSConfigError,
     check_ciphers,
 )
-from .tuning import native_speedups, tune_gc
-from .web import build_metrics_site, listening_factory
+from signaling.wire.tuning import native_speedups, tune_gc
 
 _log = ServerLogger()
 _DEFAULTS = Limits()
@@ -536,7 +536,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         factory.hide_versions()
     # Services stop in reverse order: the listeners before the drain.
     GracefulShutdown(
-        factory, config["shutdown-timeout"], reactor, reactor, drain_delay=config["drain-delay"]
+        factory.hub, config["shutdown-timeout"], reactor, reactor, drain_delay=config["drain-delay"]
     ).setServiceParent(top)
     metrics_listen = config["metrics-listen"]
     serving = listening_factory(

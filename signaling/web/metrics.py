@@ -1,4 +1,4 @@
-"""Prometheus metrics, computed from :class:`~signaling.stats.Stats` at scrape time."""
+"""Prometheus metrics, computed from :class:`~signaling.core.stats.Stats` at scrape time."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .stats import LATENCY_BUCKETS
+from signaling.core.stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from .protocol import SignalingFactory
+    from signaling.wire.protocol import SignalingFactory
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -30,11 +30,12 @@ class SignalingCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         factory = self.factory
-        stats = factory.stats
-        registry = factory.registry
+        hub = factory.hub
+        stats = hub.stats
+        registry = hub.rooms
 
         yield GaugeMetricFamily(
-            "signaling_connections_open", "Open WebSocket connections.", len(factory.clients)
+            "signaling_connections_open", "Open WebSocket connections.", len(hub.sessions)
         )
         yield CounterMetricFamily(
             "signaling_connections",
@@ -115,7 +116,7 @@ class SignalingCollector(Collector):
         yield GaugeMetricFamily(
             "signaling_uptime_seconds",
             "Seconds since the server started.",
-            factory.clock.seconds() - factory.started_at,
+            hub.uptime(),
         )
 
 

@@ -2,7 +2,7 @@
 
 Incrementing an int attribute costs far less than a prometheus_client
 child's ``inc()`` (which takes a lock), so the per-message path only touches
-these; :mod:`signaling.metrics` turns them into Prometheus metrics when
+these; :mod:`signaling.web.metrics` turns them into Prometheus metrics when
 scraped.
 """
 

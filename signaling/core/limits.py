@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .messages import DEFAULT_MAX_ROOM_ID_LENGTH
+from signaling.core.messages import DEFAULT_MAX_ROOM_ID_LENGTH
 
 KIB = 1024
 

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .logs import ServerLogger
+from signaling.logs import ServerLogger
 
 _log = ServerLogger()
 

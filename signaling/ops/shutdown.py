@@ -13,23 +13,23 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 
-from .logs import ServerLogger
-from .protocol import SignalingFactory
-from .signals import install_handler
-from .timers import cancel
+from signaling.core.clock import cancel
+from signaling.core.hub import Hub
+from signaling.logs import ServerLogger
+from signaling.ops.signals import install_handler
 
 _log = ServerLogger()
 
 GOING_AWAY = 1001
-CLOSE_REASON = b"server shutting down"
+CLOSE_REASON = "server shutting down"
 #: How often to look whether every client has gone.
 POLL_INTERVAL = 0.05
 
 
 class GracefulShutdown(Service):
-    """Drains ``factory``'s clients when stopped.
+    """Drains ``hub``'s clients when stopped.
 
-    ``stopService`` sets ``factory.draining`` (new WebSocket handshakes are
+    ``stopService`` sets ``hub.draining`` (new WebSocket handshakes are
     refused from then on), sends every client a 1001 close frame and returns
     a Deferred that fires once all of them have closed, or after ``timeout``
     seconds, when the ones left are dropped.
@@ -38,19 +38,19 @@ class GracefulShutdown(Service):
     stops this service) without twistd's re-raise of the signal, so the
     process exits 0 after a graceful shutdown; a second signal drops the
     remaining clients at once. With ``drain_delay``, a signal first sets
-    ``factory.draining`` and keeps serving (open listeners, so load
+    ``hub.draining`` and keeps serving (open listeners, so load
     balancers see /healthz answer 503) for that many seconds.
     """
 
     def __init__(
         self,
-        factory: SignalingFactory,
+        hub: Hub,
         timeout: float,
         clock: IReactorTime,
         reactor: Any = None,
         drain_delay: float = 0.0,
     ) -> None:
-        self.factory = factory
+        self.hub = hub
         self.timeout = timeout
         self.drain_delay = drain_delay
         self._clock = clock
@@ -81,7 +81,7 @@ class GracefulShutdown(Service):
             _log.info("{signal} again: shutting down now", signal=name)
             self._stop_reactor()
         elif self.running and self.drain_delay > 0:
-            self.factory.draining = True
+            self.hub.draining = True
             _log.info(
                 "{signal}: draining for {delay}s (/healthz answers 503, new WebSocket "
                 "handshakes are refused), then shutting down",
@@ -103,20 +103,19 @@ class GracefulShutdown(Service):
         super().stopService()
         cancel(self._delayed_stop)  # if stopped some other way meanwhile
         self._delayed_stop = None
-        self.factory.draining = True
-        clients = list(self.factory.clients.values())
+        self.hub.draining = True
+        clients = list(self.hub.sessions.values())
         _log.info(
             "closing {count} connections (waiting up to {timeout}s)",
             count=len(clients),
             timeout=self.timeout,
         )
         for client in clients:
-            # Our timeout, not Autobahn's close handshake timeout, bounds the wait.
-            client.closeHandshakeTimeout = 0  # type: ignore[attr-defined]
-            client.sendCloseFrame(code=GOING_AWAY, reasonUtf8=CLOSE_REASON, isReply=False)
+            # Our timeout, not the closing handshake's, bounds the wait.
+            client.close(GOING_AWAY, CLOSE_REASON, timeout=0)
 
         done: Deferred[None] = Deferred()
-        poll = LoopingCall(lambda: None if self.factory.clients else finish("all gone"))
+        poll = LoopingCall(lambda: None if self.hub.sessions else finish("all gone"))
         poll.clock = self._clock
         deadline: IDelayedCall | None = None
 
@@ -127,7 +126,7 @@ class GracefulShutdown(Service):
             if poll.running:
                 poll.stop()
             cancel(deadline)
-            stragglers = list(self.factory.clients.values())
+            stragglers = list(self.hub.sessions.values())
             for client in stragglers:
                 client.abort()
             _log.info(

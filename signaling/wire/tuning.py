@@ -42,7 +42,7 @@ def native_speedups() -> dict[str, bool]:
     import autobahn.websocket as autobahn_websocket
     import orjson  # noqa: F401  (a hard dependency: compiled by construction)
 
-    from .framing import NATIVE_MASKING
+    from signaling.wire.framing import NATIVE_MASKING
 
     return {
         "autobahn_nvx": bool(getattr(autobahn_websocket, "USES_NVX", False)),

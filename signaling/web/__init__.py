@@ -1,0 +1,1 @@
+"""The HTTP side: the site that shares the WebSocket port, the demo page, /metrics."""

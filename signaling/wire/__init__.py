@@ -1,0 +1,1 @@
+"""The WebSocket connection: Autobahn and Twisted, and the fast paths beside them."""
