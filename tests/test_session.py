@@ -280,6 +280,40 @@ def test_joining_leave_after_a_refused_join_is_not_in_room(held_hub: Hub, held: 
     assert a.state is State.LOBBY
 
 
+def test_joining_every_leave_is_answered_in_order(held_hub: Hub, held: HeldRooms) -> None:
+    """join, leave, leave: as if the join had completed at once, the first
+    leave leaves the room and the second is not_in_room."""
+    [b] = in_room(held_hub, "r", "b")
+    a = Client(held_hub, "a")
+    a.join("r")
+    a.leave()
+    a.leave()
+    held.release()
+    frames = a.take()
+    assert frames[0] == joined("r", "b")
+    assert [(f["type"], f["payload"]["code"]) for f in frames[1:]] == [
+        ("error", messages.NOT_IN_ROOM)
+    ]
+    assert frames[1]["payload"]["in_reply_to"] == "leave"
+    assert b.take() == [new_client("a"), leave_client("a")]
+    assert a.state is State.LOBBY
+
+
+def test_joining_every_leave_after_a_refused_join_is_not_in_room(
+    held_hub: Hub, held: HeldRooms
+) -> None:
+    a = Client(held_hub, "a")
+    a.join("r")
+    a.leave()
+    a.leave()
+    held.refuse(RoomFull(2))
+    assert a.take_errors() == [
+        (messages.ROOM_FULL, "join"),
+        (messages.NOT_IN_ROOM, "leave"),
+        (messages.NOT_IN_ROOM, "leave"),
+    ]
+
+
 @pytest.mark.parametrize("kind", RELAY_TYPES)
 def test_joining_relay_is_not_in_room(held_hub: Hub, held: HeldRooms, kind: str) -> None:
     [b] = in_room(held_hub, "r", "b")
