@@ -92,7 +92,7 @@ class Session:
 
     __slots__ = (
         "_join_timer",
-        "_leave_when_joined",
+        "_leaves_when_joined",
         "_limiter",
         "address",
         "client_id",
@@ -129,7 +129,8 @@ class Session:
             else None
         )
         self._join_timer: DelayedCall | None = None
-        self._leave_when_joined = False
+        #: Leaves received while joining, answered once the join is.
+        self._leaves_when_joined = 0
 
     # -- life ------------------------------------------------------------------
 
@@ -301,9 +302,7 @@ class Session:
             if self._join_timer is None:  # it ran out while the join was pending
                 self._start_join_timer()
             self.send_error(outcome.code, outcome.text, "join", **outcome.details)
-            if self._leave_when_joined:
-                self._leave_when_joined = False
-                self.send_error(messages.NOT_IN_ROOM, "not in a room", "leave")
+            self._answer_leaves()
             return
         room = outcome.room
         self.room = room
@@ -316,15 +315,19 @@ class Session:
             members=len(room),
         )
         self.deliver(messages.joined(room.room_id, outcome.existing))
-        if self._leave_when_joined:
-            self._leave_when_joined = False
+        self._answer_leaves()
+
+    def _answer_leaves(self) -> None:
+        """Handle the leaves received while joining, now that it is over."""
+        leaves, self._leaves_when_joined = self._leaves_when_joined, 0
+        for _ in range(leaves):
             self.handle_leave()
 
     def handle_leave(self) -> None:
         state = self.state
         if state is State.JOINING:
             # In order: the join's answer comes first, then this leave.
-            self._leave_when_joined = True
+            self._leaves_when_joined += 1
             return
         if state is not State.IN_ROOM:
             self.send_error(messages.NOT_IN_ROOM, "not in a room", "leave")
