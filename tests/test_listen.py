@@ -10,13 +10,14 @@ import pytest
 from twisted.python import usage
 from websockets.sync.client import connect, unix_connect
 
+from bench.twistd import run_once, twistd
 from signaling.ops.listen import Listener, unix_socket_path
 from signaling.ops.tap import Options
 
 from .certs import CertificateAuthority, client_context
 from .conftest import TIMEOUT, Client, wait_for
 from .test_wss import served_name, wss_client
-from .twistd_process import run_once, twistd, usage_error
+from .twistd_process import usage_error
 
 
 def parse(*args: str) -> Options:

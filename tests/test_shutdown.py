@@ -17,11 +17,11 @@ from twisted.internet.task import Clock
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from bench.twistd import twistd
 from signaling.ops.shutdown import POLL_INTERVAL, GracefulShutdown
 
 from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
 from .rawws import RawWebSocket
-from .twistd_process import twistd
 
 
 def start_shutdown(server: RunningServer, timeout: float) -> tuple[Clock, Callable[[], Deferred]]:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.twistd import ROOT, run_once
 from signaling.ops.tap import Options
 from signaling.wire.tuning import native_speedups
 
-from .twistd_process import ROOT, assert_serves, run_once, usage_error
+from .twistd_process import assert_serves, usage_error
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:

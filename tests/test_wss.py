@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+from bench.twistd import ServerProcess, twistd
+
 from .certs import CertificateAuthority, client_context, peer_common_name
 from .conftest import TIMEOUT, Client
 from .rawws import RawWebSocket
-from .twistd_process import ServerProcess, twistd, usage_error
+from .twistd_process import usage_error
 
 
 @contextlib.contextmanager
