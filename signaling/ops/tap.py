@@ -28,6 +28,7 @@ from signaling.core.limits import (
 )
 from signaling.logs import LEVELS, ServerLogger, set_level
 from signaling.ops.listen import (
+    Listener,
     ListeningService,
     address_url,
     check_endpoint,
@@ -201,6 +202,11 @@ class Options(usage.Options):
         ],
     ]
 
+    # What postOptions derives from the options, as attributes; the dict
+    # holds only what the command line gave.
+    limits: Limits
+    listeners: list[Listener]
+    tls: ReloadableServerTLS | None = None
     manhole: ManholeConfig | None = None
 
     def __init__(self) -> None:
@@ -268,13 +274,17 @@ class Options(usage.Options):
                 check_ciphers(self["tls-ciphers"])
             except TLSConfigError as e:
                 raise usage.UsageError(f"--tls-ciphers: {e}") from None
-        self["listeners"] = plan_listeners(self, self.listen_description)
+        self.limits = Limits(
+            allowed_origins=tuple(self["allowed-origin"]),
+            **{option.field: self[option.name] for option in limit_options()},
+        )
+        self.listeners = plan_listeners(self, self.listen_description)
         if self["metrics-listen"]:
             check_endpoint("--metrics-listen", self["metrics-listen"])
-        self["tls"] = None
-        if any(listener.tls for listener in self["listeners"]):
+        self.tls = None
+        if any(listener.tls for listener in self.listeners):
             try:
-                self["tls"] = ReloadableServerTLS(
+                self.tls = ReloadableServerTLS(
                     self["tls-cert"],
                     self["tls-key"],
                     MINIMUM_VERSIONS[self["tls-min-version"] or "1.2"],
@@ -293,13 +303,6 @@ class Options(usage.Options):
         port = DEFAULT_PORT if self["port"] is None else self["port"]
         interface = self["interface"] or DEFAULT_INTERFACE
         return f"tcp:{port}:interface={quoteStringArgument(interface)}:backlog={self['backlog']}"
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(
-            allowed_origins=tuple(self["allowed-origin"]),
-            **{option.field: self[option.name] for option in limit_options()},
-        )
 
 
 def makeService(config: Options, reactor: Any = None) -> MultiService:
@@ -339,11 +342,11 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     serving = listening_factory(
         factory, serve_metrics=not metrics_listen, demo=not config["no-demo"]
     )
-    for listener in config["listeners"]:
+    for listener in config.listeners:
         listening_service(
             listener,
             serving,
-            config["tls"],
+            config.tls,
             reactor,
             factory.admission,
             demo=not config["no-demo"],
@@ -358,7 +361,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             lambda address: f"metrics at {address_url(address, 'http', '/metrics')}",
         ).setServiceParent(top)
     interval = config["tls-reload-interval"]
-    CertificateReloader(config["tls"], interval, reactor, reactor).setServiceParent(top)
+    CertificateReloader(config.tls, interval, reactor, reactor).setServiceParent(top)
     if config.manhole is not None:
         manhole_service(config.manhole, Admin(factory).namespace()).setServiceParent(top)
     SystemdNotifier(reactor).setServiceParent(top)
