@@ -14,7 +14,8 @@ from . import report
 from .crowd import churn, idle, storm
 from .mesh import mesh
 from .relay import relay
-from .server import ROOT, Server, can_pin, pin_generator, raise_open_files
+from .server import Server, can_pin, pin_generator, raise_open_files
+from .twistd import ROOT
 from .wsclient import Tally
 
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "results.jsonl"

@@ -1,24 +1,21 @@
-"""Starting the real server for a measurement, and watching its CPU and memory."""
+"""The real server as a measurement needs it: limits out of the way,
+pinned to its own core, its CPU time and memory at hand."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
-import re
 import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .twistd import ServerProcess, twistd_argv
 from .wsclient import HOST
 
-ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 SERVER_CORE = 0
@@ -44,9 +41,6 @@ BENCH_OPTIONS = [
     "0",
 ]
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
 
 def raise_open_files(wanted: int = 65536) -> int:
     """Raise this process's soft RLIMIT_NOFILE (children inherit it)."""
@@ -66,81 +60,42 @@ def pin_generator() -> None:
     os.sched_setaffinity(0, {GENERATOR_CORE})
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc/PID/statm."""
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
-
-
 class Server:
-    """``twistd -n signaling`` on 127.0.0.1, optionally pinned to core 0."""
+    """``twistd -n signaling`` on 127.0.0.1, optionally pinned to core 0, in
+    a temporary directory that holds its log."""
 
     def __init__(self, extra: Sequence[str] = (), pin: bool = True) -> None:
-        self.workdir = tempfile.mkdtemp(prefix="signaling-bench-")
-        self.logfile = Path(self.workdir) / "twistd.log"
-        twistd = str(Path(sys.executable).parent / "twistd")
-        self.argv = [
-            twistd,
-            "--nodaemon",
-            "--pidfile=",
-            "--logfile",
-            str(self.logfile),
-            "signaling",
-            "--interface",
-            HOST,
-            "--port",
-            "0",
-            *BENCH_OPTIONS,
-            *extra,
-        ]
-        if pin:
-            self.argv = ["taskset", "-c", str(SERVER_CORE), *self.argv]
-        env = dict(os.environ)
-        # Measure the server in this source tree, even if another copy is installed.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            self.argv,
-            cwd=self.workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
+        self.workdir = Path(tempfile.mkdtemp(prefix="signaling-bench-"))
+        args = ["--interface", HOST, "--port", "0", *BENCH_OPTIONS, *extra]
+        wrapper = ["taskset", "-c", str(SERVER_CORE)] if pin else []
+        self.process = ServerProcess(
+            [*wrapper, *twistd_argv(sys.executable, *args)],
+            self.workdir,
+            log_file=self.workdir / "twistd.log",
         )
         self.pid = self.process.pid
         try:
-            self.port = self._wait_for_port()
+            self.port = self.process.ports(1, STARTUP_TIMEOUT)[0]
+        except AssertionError:
+            if self.alive():
+                problem = "the server did not start listening in time"
+            else:
+                problem = "the server exited at start-up"
+            tail = self.log_tail()
+            self.stop()
+            raise RuntimeError(f"{problem}:\n{tail}") from None
         except BaseException:
             self.stop()
             raise
 
-    def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("the server exited at start-up:\n" + self.log_tail())
-            if self.logfile.exists():
-                found = re.search(r"starting on (\d+)", self.logfile.read_text(errors="replace"))
-                if found:
-                    return int(found.group(1))
-            time.sleep(0.05)
-        raise RuntimeError("the server did not start listening in time:\n" + self.log_tail())
-
     def log_tail(self, lines: int = 20) -> str:
-        if not self.logfile.exists():
-            return "(no log)"
-        return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.process.output.splitlines()[-lines:]) or "(no log)"
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        return self.process.cpu_seconds()
 
     def rss_bytes(self) -> int:
-        return rss_bytes(self.pid)
+        return self.process.rss_bytes()
 
     def health(self) -> dict[str, object]:
         """The server's ``/healthz`` document (rooms and open connections)."""
@@ -152,16 +107,10 @@ class Server:
             connection.close()
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.process.alive()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT)
+        self.process.stop(STOP_TIMEOUT)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Server:

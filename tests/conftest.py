@@ -24,13 +24,13 @@ from twisted.logger import LogLevel, globalLogPublisher
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from bench.twistd import ServerProcess, source_env, twistd_argv
 from signaling.core.limits import Limits
 from signaling.logs import set_level
 from signaling.web.site import listening_factory
 from signaling.wire.protocol import SignalingFactory, SignalingProtocol
 
 from .certs import CertificateAuthority
-from .twistd_process import ServerProcess, source_env, twistd_argv
 
 TIMEOUT = 5.0
 

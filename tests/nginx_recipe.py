@@ -28,8 +28,10 @@ from typing import NoReturn
 
 import pytest
 
+from bench.twistd import ROOT, ServerProcess, twistd
+
 from .certs import CertificateAuthority, client_context
-from .twistd_process import ROOT, ServerProcess, free_port, twistd, wait_unix_listening
+from .twistd_process import free_port, wait_unix_listening
 
 README = ROOT / "README.rst"
 #: Debian's nginx.conf runs the workers as this user; the recipe's socket

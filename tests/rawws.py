@@ -1,7 +1,8 @@
 """A bare-socket WebSocket client for misbehaving peers.
 
 Well-behaved clients (``websockets``) answer pings and read everything; the
-tests of keepalive and backpressure need one that does neither.
+tests of keepalive, backpressure and shutdown need one that does neither,
+and the tests of TLS versions one whose socket they can inspect.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import base64
 import json
 import os
 import socket
+import ssl
 import struct
 from typing import Any
 
@@ -32,14 +34,26 @@ def client_frame(payload: bytes, opcode: int = 1, fin: bool = True, mask: bool =
 
 
 class RawWebSocket:
-    """Speaks just enough RFC 6455 to join a room, then does what it is told."""
+    """Speaks just enough RFC 6455 to join a room, then does what it is told.
 
-    def __init__(self, port: int, host: str = "127.0.0.1", rcvbuf: int | None = None) -> None:
+    It opens ``/connect`` (over TLS with ``tls``) and reads up to the
+    server's greeting; ``id`` is the client id the server gave it.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        rcvbuf: int | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(5)
         self.sock.connect((host, port))
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             (
@@ -95,6 +109,13 @@ class RawWebSocket:
             if opcode == 8:
                 raise ConnectionError("close frame received")
 
+    def recv_close(self) -> tuple[int, bytes]:
+        """The code and reason of the server's close frame, skipping the frames before it."""
+        while True:
+            opcode, data = self.recv_frame()
+            if opcode == 8:
+                return struct.unpack("!H", data[:2])[0], data[2:]
+
     def is_closed_by_peer(self, timeout: float = 5.0) -> bool:
         """Drain what arrives; True once the server has closed the TCP connection."""
         self.sock.settimeout(timeout)
@@ -109,3 +130,9 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+    def __enter__(self) -> RawWebSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -25,11 +25,11 @@ from twisted.logger import formatEvent
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 from websockets.sync.client import connect
 
+from bench.twistd import ServerProcess, twistd
 from signaling.core.limits import Limits
 from signaling.wire.admission import AcceptErrorLog, Admission
 
 from .conftest import on_reactor, wait_for
-from .twistd_process import ServerProcess, twistd
 
 #: Runs the rest of its arguments with RLIMIT_NOFILE set to (soft, hard) from argv[1:3].
 LIMIT_OPEN_FILES = [

@@ -10,7 +10,6 @@ from websockets.sync.client import connect
 
 from .conftest import Client
 from .rawws import RawWebSocket
-from .twistd_process import rss_bytes
 
 MIB = 1024 * 1024
 
@@ -37,7 +36,7 @@ def test_slow_reader_is_dropped_and_server_memory_stays_bounded(run_twistd) -> N
     y.join("elsewhere")
     x.expect("new-client")
 
-    baseline = rss_bytes(server.process.pid)
+    baseline = server.rss_bytes()
     peak = baseline
     sdp = "v=0\r\n" + "a=candidate:0 1 UDP 2122252543 127.0.0.1 9 typ host\r\n" * 1000  # ~50 KB
     dropped = False
@@ -46,7 +45,7 @@ def test_slow_reader_is_dropped_and_server_memory_stays_bounded(run_twistd) -> N
         for _ in range(50):
             flooder.offer(slow.id, sdp)
         sent += 50
-        peak = max(peak, rss_bytes(server.process.pid))
+        peak = max(peak, server.rss_bytes())
         started = time.monotonic()
         x.offer(y.id, f"batch {sent}")  # the rest of the server is not held up
         assert y.expect("offer", timeout=2)["sdp"] == f"batch {sent}"

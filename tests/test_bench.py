@@ -17,9 +17,8 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from bench.sdp import SDP_BYTES, make_sdp, relayed
+from bench.twistd import ROOT, source_env
 from bench.wsclient import OP_PING, OP_PONG, OP_TEXT, Tally, WsClient, client_frame
-
-from .twistd_process import ROOT, source_env
 
 # -- the client, without a server ---------------------------------------------
 

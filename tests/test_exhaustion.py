@@ -17,7 +17,6 @@ from websockets.sync.client import connect
 
 from .conftest import Client, on_reactor, wait_for
 from .rawws import RawWebSocket, client_frame
-from .twistd_process import rss_bytes
 
 MIB = 1024 * 1024
 UPGRADE = (
@@ -80,11 +79,10 @@ def test_closed_connections_leave_no_memory_behind(run_twistd) -> None:
         *("--max-connections-per-address", "0", "--max-pending-per-address", "0"),
         *("--connect-rate", "0"),
     )
-    pid = server.process.pid
     churn(server.port, 4000)  # warm up: allocator pools, interned strings, caches
-    before = rss_bytes(pid)
+    before = server.rss_bytes()
     churn(server.port, 30000)
-    grown = rss_bytes(pid) - before
+    grown = server.rss_bytes() - before
     print(f"RSS grew by {grown / MIB:.1f} MiB over 30,000 connections")
     assert grown < 5 * MIB, f"RSS grew by {grown / MIB:.1f} MiB over 30,000 connections"
 
@@ -115,23 +113,22 @@ def test_ping_flood_from_a_client_that_never_reads_is_closed(run_twistd, options
     """Pings count against the rate limit, and their pongs against
     --max-send-buffer: either way the flooder goes, with memory bounded."""
     server = run_twistd(*("--interface", "127.0.0.1", "--port", "0"), *options)
-    pid = server.process.pid
     with contextlib.ExitStack() as stack:
         x, y = honest_pair(server.port, stack)
         flooder = RawWebSocket(server.port, rcvbuf=4096)
         pings = client_frame(b"p" * 125, opcode=9) * 1000
-        baseline = peak = rss_bytes(pid)
+        baseline = peak = server.rss_bytes()
         sent = 0
         try:
             while sent < 1_000_000:  # 131 MB of pings
                 flooder.sock.sendall(pings)
                 sent += 1000
                 if sent % 50_000 == 0:
-                    peak = max(peak, rss_bytes(pid))
+                    peak = max(peak, server.rss_bytes())
                     assert_relays(x, y, f"after {sent} pings")
         except (BrokenPipeError, ConnectionResetError):
             pass  # closed while it was still sending
-        peak = max(peak, rss_bytes(pid))
+        peak = max(peak, server.rss_bytes())
         assert flooder.is_closed_by_peer(), f"{sent} pings and still connected"
         print(f"closed after {sent} pings; server grew {(peak - baseline) / MIB:.1f} MiB")
         assert peak - baseline < 16 * MIB, f"server grew by {(peak - baseline) / MIB:.1f} MiB"
@@ -147,12 +144,9 @@ def message_in_frames(text: bytes, count: int) -> bytes:
 def expect_close(ws: RawWebSocket) -> tuple[int, bytes]:
     """The server's close frame (skipping other frames): code and reason;
     then the connection must end in order, without a reset."""
-    while True:
-        opcode, data = ws.recv_frame()
-        if opcode == 8:
-            break
+    closing = ws.recv_close()
     assert ws.is_closed_by_peer()
-    return struct.unpack("!H", data[:2])[0], data[2:]
+    return closing
 
 
 def test_message_in_more_fragments_than_allowed_is_closed_with_1009(run_twistd) -> None:

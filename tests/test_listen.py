@@ -10,13 +10,14 @@ import pytest
 from twisted.python import usage
 from websockets.sync.client import connect, unix_connect
 
+from bench.twistd import run_once, twistd
 from signaling.ops.listen import Listener, unix_socket_path
 from signaling.ops.tap import Options
 
 from .certs import CertificateAuthority, client_context
 from .conftest import TIMEOUT, Client, wait_for
 from .test_wss import served_name, wss_client
-from .twistd_process import run_once, twistd, usage_error
+from .twistd_process import usage_error
 
 
 def parse(*args: str) -> Options:
@@ -32,16 +33,16 @@ def tls_files(tmp_path: Path) -> list[str]:
 
 
 def test_port_and_interface_are_the_default_endpoint() -> None:
-    assert parse()["listeners"] == [Listener("tcp:5000:interface=0.0.0.0:backlog=4096", tls=False)]
-    assert parse("--port", "8080", "--addr", "::")["listeners"] == [
+    assert parse().listeners == [Listener("tcp:5000:interface=0.0.0.0:backlog=4096", tls=False)]
+    assert parse("--port", "8080", "--addr", "::").listeners == [
         Listener(r"tcp:8080:interface=\:\::backlog=4096", tls=False)
     ]
 
 
 def test_tls_files_make_the_default_endpoint_wss(tls_files: list[str]) -> None:
     options = parse(*tls_files)
-    assert options["listeners"] == [Listener("tcp:5000:interface=0.0.0.0:backlog=4096", tls=True)]
-    assert options["tls"] is not None
+    assert options.listeners == [Listener("tcp:5000:interface=0.0.0.0:backlog=4096", tls=True)]
+    assert options.tls is not None
 
 
 def test_listen_replaces_the_default_endpoint(tls_files: list[str]) -> None:
@@ -54,7 +55,7 @@ def test_listen_replaces_the_default_endpoint(tls_files: list[str]) -> None:
         "tcp:5443",
         *tls_files,
     )
-    assert options["listeners"] == [
+    assert options.listeners == [
         Listener("tcp:5000:interface=127.0.0.1", tls=False),
         Listener("unix:/tmp/signaling-test.sock", tls=False),
         Listener("tcp:5443", tls=True),
@@ -132,7 +133,7 @@ def test_unix_socket_path(description: str, path: str | None) -> None:
 
 def test_existing_socket_directory_is_accepted(tmp_path: Path) -> None:
     options = parse("--listen", f"unix:{tmp_path}/signaling.sock")
-    assert options["listeners"] == [Listener(f"unix:{tmp_path}/signaling.sock", tls=False)]
+    assert options.listeners == [Listener(f"unix:{tmp_path}/signaling.sock", tls=False)]
 
 
 def test_one_process_serves_ws_and_wss(tmp_path: Path, tls_files: list[str]) -> None:

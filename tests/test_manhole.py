@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
 
+from bench.twistd import ServerProcess
 from signaling import admin
 from signaling.admin import manhole
 from signaling.ops.tap import Options, makeService
@@ -27,7 +28,6 @@ from signaling.ops.tap import Options, makeService
 from .conftest import TIMEOUT, RunningServer, on_reactor, wait_for
 from .sshconsole import Console, LoginRefused, OpenSSH, connect_without_reading, login, openssh_key
 from .test_admin import close_frame
-from .twistd_process import ServerProcess
 
 PROMPT = ">>> "
 

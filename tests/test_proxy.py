@@ -16,10 +16,11 @@ from twisted.logger import LogLevel
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect, unix_connect
 
+from bench.twistd import twistd
 from signaling.admin import Admin
 
 from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
-from .twistd_process import free_port, twistd, wait_unix_listening
+from .twistd_process import free_port, wait_unix_listening
 
 FORWARDED = "198.51.100.1, 203.0.113.7"
 

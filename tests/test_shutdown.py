@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,37 +17,11 @@ from twisted.internet.task import Clock
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from bench.twistd import twistd
 from signaling.ops.shutdown import POLL_INTERVAL, GracefulShutdown
 
 from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
-from .raw_client import open_by_hand
-from .twistd_process import twistd
-
-
-class SilentClient:
-    """Opens the WebSocket by hand, then never reads or answers anything."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.received = open_by_hand(self.sock)
-
-    def read(self) -> bytes:
-        data = self.sock.recv(65536)
-        self.received += data
-        return data
-
-    def got_close(self, code: int) -> bool:
-        """Whether an unmasked close frame with ``code`` has arrived."""
-        return b"\x88" in self.received and code.to_bytes(2, "big") in self.received
-
-    def closed_by_server(self) -> bool:
-        try:
-            return self.read() == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
+from .rawws import RawWebSocket
 
 
 def start_shutdown(server: RunningServer, timeout: float) -> tuple[Clock, Callable[[], Deferred]]:
@@ -83,7 +56,7 @@ def test_clients_get_1001_and_the_wait_ends_when_they_have_gone(server: RunningS
 
 
 def test_new_handshakes_are_refused_while_draining(server: RunningServer) -> None:
-    silent = SilentClient(server.port)  # keeps the drain going
+    silent = RawWebSocket(server.port)  # keeps the drain going
     try:
         _, stop = start_shutdown(server, timeout=5)
         stop()
@@ -95,20 +68,19 @@ def test_new_handshakes_are_refused_while_draining(server: RunningServer) -> Non
 
 
 def test_a_client_that_never_answers_is_dropped_at_the_timeout(server: RunningServer) -> None:
-    silent = SilentClient(server.port)
+    silent = RawWebSocket(server.port)
     polite = server.client()
     try:
         clock, stop = start_shutdown(server, timeout=5)
         done = stop()
         assert polite.expect_closed() == 1001
-        while not silent.got_close(1001):
-            silent.read()
+        assert silent.recv_close()[0] == 1001
         on_reactor(clock.advance, 4.9)
         assert not on_reactor(lambda: done.called)
         assert on_reactor(lambda: len(server.hub.sessions)) == 1
         on_reactor(clock.advance, 0.1)
         assert on_reactor(lambda: done.called)
-        assert silent.closed_by_server()
+        assert silent.is_closed_by_peer()
         assert wait_for(lambda: not on_reactor(lambda: server.hub.sessions))
     finally:
         silent.close()
@@ -117,7 +89,7 @@ def test_a_client_that_never_answers_is_dropped_at_the_timeout(server: RunningSe
 def test_a_closed_client_still_draining_is_cut_off_at_the_timeout(server: RunningServer) -> None:
     """A client that answered a close but does not read is CLOSED while its
     last bytes wait in the socket; the timeout must still end it."""
-    silent = SilentClient(server.port)
+    silent = RawWebSocket(server.port)
     try:
         [protocol] = on_reactor(lambda: [s.wire for s in server.hub.sessions.values()])
         # Where the end of a close leaves a client whose socket does not drain.
@@ -126,7 +98,7 @@ def test_a_closed_client_still_draining_is_cut_off_at_the_timeout(server: Runnin
         done = stop()
         on_reactor(clock.advance, 5)
         assert on_reactor(lambda: done.called)
-        assert silent.closed_by_server()
+        assert silent.is_closed_by_peer()
         assert wait_for(lambda: not on_reactor(lambda: server.hub.sessions))
     finally:
         silent.close()
@@ -165,18 +137,17 @@ def test_a_silent_client_does_not_hold_twistd_past_the_shutdown_timeout(tmp_path
         tmp_path, "--interface", "127.0.0.1", "--port", "0", "--shutdown-timeout", "1.5"
     ) as server:
         [port] = server.ports()
-        silent = SilentClient(port)
+        silent = RawWebSocket(port)
         try:
             started = time.monotonic()
             server.signal(signal.SIGTERM)
+            assert silent.recv_close()[0] == 1001
             assert server.wait_exit(timeout=10) == 0
             elapsed = time.monotonic() - started
-            while not silent.closed_by_server():
-                pass
+            assert silent.is_closed_by_peer()
         finally:
             silent.close()
         assert 1.4 <= elapsed < 5, elapsed
-        assert silent.got_close(1001)
         server.wait_for(r"closed 1 connections: 0 closed cleanly, 1 dropped after the 1.5s")
 
 
@@ -185,7 +156,7 @@ def test_a_second_signal_drops_the_remaining_clients_at_once(tmp_path: Path) -> 
         tmp_path, "--interface", "127.0.0.1", "--port", "0", "--shutdown-timeout", "60"
     ) as server:
         [port] = server.ports()
-        silent = SilentClient(port)
+        silent = RawWebSocket(port)
         try:
             server.signal(signal.SIGTERM)
             server.wait_for(r"closing 1 connections")

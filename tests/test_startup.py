@@ -14,12 +14,12 @@ import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from websockets.sync.client import connect, unix_connect
 
+from bench.twistd import run_once, twistd
 from signaling.ops.listen import Listener, where_clients_connect
 
 from .certs import CertificateAuthority
 from .conftest import TIMEOUT, Client
 from .test_wss import wss_client
-from .twistd_process import run_once, twistd
 
 #: The simple path's options, on loopback and a free port.
 ON_LOOPBACK = ("--interface", "127.0.0.1", "--port", "0")

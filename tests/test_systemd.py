@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+from bench.twistd import ROOT, source_env, twistd, twistd_argv
 from signaling.ops.systemd import notify, notify_address
 
 from .conftest import TIMEOUT, Client
-from .twistd_process import ROOT, assert_serves, source_env, twistd, twistd_argv, usage_error
+from .twistd_process import assert_serves, usage_error
 
 UNITS = ROOT / "contrib" / "systemd"
 INSTALLED_TWISTD = "/opt/signaling/bin/twistd"

@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+from bench.twistd import ServerProcess, twistd
+
 from .certs import CertificateAuthority, client_context
 from .conftest import TIMEOUT, Client
 from .test_wss import reloaded_after, replace_files
 from .tools import require_program
-from .twistd_process import ServerProcess, twistd, usage_error
+from .twistd_process import usage_error
 
 LISTENERS = ["tls-cert", "listen-tls", "ssl-endpoint"]
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.twistd import ROOT, run_once
+from signaling.core.limits import Limits, limit_options
 from signaling.ops.tap import Options
 from signaling.wire.tuning import native_speedups
 
-from .twistd_process import ROOT, assert_serves, run_once, usage_error
+from .twistd_process import assert_serves, usage_error
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -46,6 +50,61 @@ def test_help_documents_every_option(tmp_path: Path) -> None:
     for name in names:
         assert f"--{name}" in result.stdout, name
     assert "/connect" in result.stdout
+
+
+def help_options(help_text: str) -> dict[str, str | None]:
+    """Each option in ``--help`` output, with the default it shows (if any)."""
+    options: dict[str, list[str]] = {}
+    for line in help_text.splitlines():
+        option = re.match(r" {2}(?:-\w, | {4})(--[a-z0-9-]+)=?(.*)", line)
+        if option:
+            current = options[option.group(1)] = [option.group(2)]
+        elif options and line.startswith(" "):
+            current.append(line)
+    defaults = {}
+    for name, text in options.items():
+        shown = re.findall(r"\[default: ([^\]]+)\]", " ".join(" ".join(text).split()))
+        defaults[name] = shown[-1] if shown else None
+    return defaults
+
+
+def readme_option_rows() -> list[tuple[str, str]]:
+    """The option and the default cell of each row of README.rst's option
+    tables (the simple tables whose first column is headed ``option``)."""
+    lines = (ROOT / "README.rst").read_text().splitlines()
+    rows = []
+    for at, border in enumerate(lines):
+        if not re.fullmatch(r"=+( +=+)+", border) or lines[at + 1].split()[:1] != ["option"]:
+            continue
+        columns = [match.span() for match in re.finditer("=+", border)]
+        end = lines.index(border, at + 3)
+        for line in lines[at + 3 : end]:
+            first = line[: columns[0][1]]
+            if first.strip():  # not the continuation of a row
+                name = re.match(r"``(--[a-z0-9-]+)``", first)
+                assert name, line
+                rows.append((name.group(1), line[slice(*columns[1])].strip()))
+    return rows
+
+
+def test_readme_option_tables_match_help(tmp_path: Path) -> None:
+    """Every option of ``--help`` has a row in README.rst's option tables and
+    every row an option; a default shown as a literal there is the real one."""
+    result = run_once(tmp_path, "--help")
+    assert result.returncode == 0, result.stderr
+    shown = help_options(result.stdout)
+    rows = readme_option_rows()
+    # twistd's own --help and --version are described in the text above the table.
+    assert {name for name, _ in rows} == shown.keys() - {"--help", "--version"}
+    for name, cell in rows:
+        literal = re.fullmatch(r"``(.+)``", cell)
+        if literal:
+            default = shown[name]
+            assert default is not None, f"{name}: README says {cell}, --help shows none"
+            try:
+                assert float(literal.group(1)) == float(default), name
+            except ValueError:
+                assert literal.group(1) == default, name
 
 
 def test_serves_with_addr_alias_and_port(run_twistd) -> None:
@@ -153,6 +212,24 @@ def test_no_demo_serves_only_the_endpoint(run_twistd) -> None:
 )
 def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], complaint: str) -> None:
     assert complaint in usage_error(tmp_path, *args)
+
+
+def test_each_limit_option_sets_its_limit() -> None:
+    """Every field of Limits but the origins has an option; each option's
+    value reaches its field, parsed to the field's type."""
+    options = limit_options()
+    assert {option.field for option in options} == {
+        field.name for field in dataclasses.fields(Limits)
+    } - {"allowed_origins"}
+    args = ["--allowed-origin", "https://example.com"]
+    for option in options:
+        args += [f"--{option.name}", str(option.default + 1)]
+    config = Options()
+    config.parseOptions(args)
+    for option in options:
+        value = getattr(config.limits, option.field)
+        assert value == option.default + 1 and type(value) is type(option.default), option
+    assert config.limits.allowed_origins == ("https://example.com",)
 
 
 @pytest.mark.slow

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+from bench.twistd import ServerProcess, twistd
+
 from .certs import CertificateAuthority, client_context, peer_common_name
 from .conftest import TIMEOUT, Client
-from .raw_client import open_by_hand
-from .twistd_process import ServerProcess, twistd, usage_error
+from .rawws import RawWebSocket
+from .twistd_process import usage_error
 
 
 @contextlib.contextmanager
@@ -30,7 +32,7 @@ def wss_client(port: int, ca_file: Path) -> Iterator[Client]:
     Capped at 1.2 because websockets' sync client now and then stalls on TLS
     1.3 (its reader thread takes in the server's post-handshake session
     tickets while the opening handshake is written on the same SSL object);
-    TLS 1.3 is tested with plain ssl sockets (``tls_upgrade``).
+    TLS 1.3 is tested with plain ssl sockets (``tls_version``).
     """
     with connect(
         f"wss://127.0.0.1:{port}/connect",
@@ -42,14 +44,11 @@ def wss_client(port: int, ca_file: Path) -> Iterator[Client]:
         yield Client(ws)
 
 
-def tls_upgrade(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
-    """Open the WebSocket by hand over TLS; return the socket once the server greets."""
-    tls = context.wrap_socket(
-        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT),
-        server_hostname="127.0.0.1",
-    )
-    open_by_hand(tls)
-    return tls
+def tls_version(port: int, context: ssl.SSLContext) -> str | None:
+    """The TLS version of a WebSocket opened by hand over TLS, once the server greets."""
+    with RawWebSocket(port, tls=context) as ws:
+        assert isinstance(ws.sock, ssl.SSLSocket)
+        return ws.sock.version()
 
 
 def served_name(client: Client) -> str:
@@ -101,8 +100,7 @@ def test_serves_wss_with_the_chain_from_the_cert_file(
             assert a.expect("new-client") == {"client_id": b.id}
             b.offer(a.id, "v=0")
             assert a.expect("offer") == {"client_id": b.id, "sdp": "v=0"}
-        with tls_upgrade(port, client_context(ca_file)) as newest:
-            assert newest.version() == "TLSv1.3"
+        assert tls_version(port, client_context(ca_file)) == "TLSv1.3"
         # Other paths than /connect are the HTTP site's, over TLS too.
         https = http.client.HTTPSConnection(
             "127.0.0.1", port, timeout=TIMEOUT, context=client_context(ca_file)
@@ -183,13 +181,11 @@ def test_tls11_is_refused_and_1_3_can_be_required(
     with serve_tls(tmp_path, cert, key) as server:
         [port] = server.ports()
         assert_refused(port, tls11_context(ca_file))
-        with tls_upgrade(port, only_12) as tls:
-            assert tls.version() == "TLSv1.2"
+        assert tls_version(port, only_12) == "TLSv1.2"
     with serve_tls(tmp_path, cert, key, "--tls-min-version", "1.3") as server:
         [port] = server.ports()
         assert_refused(port, only_12)
-        with tls_upgrade(port, client_context(ca_file)) as tls:
-            assert tls.version() == "TLSv1.3"
+        assert tls_version(port, client_context(ca_file)) == "TLSv1.3"
 
 
 def reloaded_after(server: ServerProcess, mark: int) -> None:

@@ -42,7 +42,12 @@ from zope.interface import implementer
 
 from signaling.core.clock import cancel
 from signaling.logs import ServerLogger
-from signaling.ops.listen import ListeningService, address_url, check_endpoint
+from signaling.ops.listen import (
+    ListeningService,
+    address_url,
+    check_endpoint,
+    endpoint_arguments,
+)
 
 _log = ServerLogger()
 
@@ -148,36 +153,16 @@ def _create_host_key(path: str) -> keys.Key:
     return key
 
 
-def _split_description(description: str) -> list[str]:
-    """Split an endpoint description at unescaped colons, as Twisted does."""
-    parts, current, escaped = [], [], False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
 def is_local_endpoint(description: str) -> bool:
     """True if a server endpoint description only accepts local connections:
     a UNIX socket, or TCP/SSL bound to a loopback address.  All-interfaces
     (no ``interface=``) and endpoint types we cannot judge count as remote."""
-    kind, *args = _split_description(description)
+    kind, positional, keywords = endpoint_arguments(description)
     kind = kind.lower()
     if kind == "unix":
         return True
     if kind not in ("tcp", "tcp6", "ssl"):
         return False
-    keywords = dict(arg.split("=", 1) for arg in args if "=" in arg)
-    positional = [arg for arg in args if "=" not in arg]
     interface = keywords.get("interface")
     if interface is None and kind != "ssl" and len(positional) > 1:
         interface = positional[1]

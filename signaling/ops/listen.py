@@ -49,9 +49,10 @@ class Listener:
         return self.tls or self.description.split(":", 1)[0] == "ssl"
 
 
-def _fields(description: str) -> list[str]:
-    """The colon-separated fields of an endpoint description, with the
-    backslash escapes (``\\:``) resolved."""
+def endpoint_arguments(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """The kind, positional and keyword arguments of an endpoint description,
+    split at unescaped colons with the backslash escapes (``\\:``) resolved,
+    as Twisted splits them."""
     fields = [""]
     escaped = False
     for char in description:
@@ -64,18 +65,19 @@ def _fields(description: str) -> list[str]:
             fields.append("")
         else:
             fields[-1] += char
-    return fields
+    kind, *args = fields
+    positional = [arg for arg in args if "=" not in arg]
+    keywords = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    return kind, positional, keywords
 
 
 def unix_socket_path(description: str) -> str | None:
     """The file a ``unix:`` endpoint description listens on (None for
     other endpoints)."""
-    kind, *args = _fields(description)
+    kind, positional, keywords = endpoint_arguments(description)
     if kind != "unix":
         return None
-    positional = [arg for arg in args if "=" not in arg]
-    named = dict(arg.split("=", 1) for arg in args if "=" in arg)
-    return named.get("address", positional[0] if positional else None)
+    return keywords.get("address", positional[0] if positional else None)
 
 
 def _check_unix_directory(option: str, description: str) -> None:

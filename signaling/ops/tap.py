@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -20,9 +19,16 @@ from signaling.admin.manhole import (
     manhole_config,
     manhole_service,
 )
-from signaling.core.limits import Limits
+from signaling.core.limits import (
+    Limits,
+    limit_options,
+    parse_count,
+    parse_positive_int,
+    parse_seconds,
+)
 from signaling.logs import LEVELS, ServerLogger, set_level
 from signaling.ops.listen import (
+    Listener,
     ListeningService,
     address_url,
     check_endpoint,
@@ -45,37 +51,8 @@ from signaling.wire.tls import (
 from signaling.wire.tuning import native_speedups, tune_gc
 
 _log = ServerLogger()
-_DEFAULTS = Limits()
 DEFAULT_PORT = 5000
 DEFAULT_INTERFACE = "0.0.0.0"
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(f"{value} is not a positive integer")
-    return number
-
-
-def _count(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError(f"{value} is negative (0 turns the limit off)")
-    return number
-
-
-def _seconds(value: str) -> float:
-    number = float(value)
-    if not (math.isfinite(number) and number >= 0):
-        raise ValueError(f"{value} is not a number of seconds >= 0")
-    return number
-
-
-def _rate(value: str) -> float:
-    number = float(value)
-    if not (math.isfinite(number) and number >= 0):
-        raise ValueError(f"{value} is not a number of messages a second >= 0")
-    return number
 
 
 def _tls_version(value: str) -> str:
@@ -114,7 +91,7 @@ class Options(usage.Options):
             "Connections the kernel may queue before the server accepts them, "
             "at most net.core.somaxconn "
             "(for --port/--interface; --listen endpoints take backlog=N).",
-            _positive_int,
+            parse_positive_int,
         ],
         ["tls-cert", None, None, "PEM certificate chain (certbot's fullchain.pem): serve wss."],
         ["tls-key", None, None, "PEM private key of --tls-cert (certbot's privkey.pem)."],
@@ -137,14 +114,14 @@ class Options(usage.Options):
             None,
             60.0,
             "Seconds between checks for a changed --tls-cert/--tls-key (0: only on SIGHUP).",
-            _seconds,
+            parse_seconds,
         ],
         [
             "trust-proxy",
             None,
             0,
             "Number of reverse proxies in front whose X-Forwarded-For gives the client address.",
-            _count,
+            parse_count,
         ],
         [
             "log-level",
@@ -161,174 +138,17 @@ class Options(usage.Options):
             "Seconds to keep serving on SIGTERM/SIGINT with /healthz answering 503 and "
             "new WebSocket handshakes refused, before closing the clients "
             "(for load balancers to notice).",
-            _seconds,
+            parse_seconds,
         ],
         [
             "shutdown-timeout",
             None,
             5.0,
             "Seconds to wait on SIGTERM/SIGINT for clients to close before dropping them.",
-            _seconds,
+            parse_seconds,
         ],
-        [
-            "max-message-size",
-            None,
-            _DEFAULTS.max_message_size,
-            "Largest accepted WebSocket message, in bytes; larger ones close the "
-            "connection with 1009.",
-            _positive_int,
-        ],
-        [
-            "max-fragments",
-            None,
-            _DEFAULTS.max_fragments,
-            "Most frames one WebSocket message may be split into; more close the "
-            "connection with 1009.",
-            _count,
-        ],
-        [
-            "max-room-id-length",
-            None,
-            _DEFAULTS.max_room_id_length,
-            "Longest accepted room id, in characters.",
-            _positive_int,
-        ],
-        ["max-room-size", None, _DEFAULTS.max_room_size, "Most members in one room.", _count],
-        ["max-rooms", None, _DEFAULTS.max_rooms, "Most rooms at once.", _count],
-        [
-            "max-connections",
-            None,
-            _DEFAULTS.max_connections,
-            "Most open WebSocket connections; beyond it handshakes get HTTP 503.",
-            _count,
-        ],
-        [
-            "max-connections-per-address",
-            None,
-            _DEFAULTS.max_connections_per_address,
-            "Most open connections from one client address, an IPv4 address or IPv6 /64 "
-            "(HTTP 503 beyond); peers on a unix socket count only by a trusted forwarded "
-            "address.",
-            _count,
-        ],
-        [
-            "rate-limit",
-            None,
-            _DEFAULTS.rate_limit,
-            "Messages a second one connection may send on average.",
-            _rate,
-        ],
-        [
-            "rate-burst",
-            None,
-            _DEFAULTS.rate_burst,
-            "Messages one connection may send in a burst above --rate-limit.",
-            _positive_int,
-        ],
-        [
-            "rate-limit-strikes",
-            None,
-            _DEFAULTS.rate_limit_strikes,
-            "Refused messages in a row after which a connection is closed (1008).",
-            _count,
-        ],
-        [
-            "max-send-buffer",
-            None,
-            _DEFAULTS.max_send_buffer,
-            "Bytes that may queue for a client that is not reading before it is closed (1008).",
-            _count,
-        ],
-        [
-            "ping-interval",
-            None,
-            _DEFAULTS.ping_interval,
-            "Seconds between WebSocket pings to each client.",
-            _seconds,
-        ],
-        [
-            "ping-timeout",
-            None,
-            _DEFAULTS.ping_timeout,
-            "Seconds to wait for a pong before dropping the connection.",
-            _seconds,
-        ],
-        [
-            "join-timeout",
-            None,
-            _DEFAULTS.join_timeout,
-            "Seconds a connection may stay open without being in a room.",
-            _seconds,
-        ],
-        [
-            "handshake-timeout",
-            None,
-            _DEFAULTS.handshake_timeout,
-            "Seconds the opening handshake may take (and idle HTTP may wait).",
-            _seconds,
-        ],
-        [
-            "max-handshake-size",
-            None,
-            _DEFAULTS.max_handshake_size,
-            "Bytes of request line and headers accepted for the WebSocket handshake.",
-            _positive_int,
-        ],
-        [
-            "max-pending-connections",
-            None,
-            _DEFAULTS.max_pending_connections,
-            "Most connections that are not WebSockets (yet): handshakes under way and "
-            "plain HTTP; beyond it the oldest of them is closed.",
-            _count,
-        ],
-        [
-            "max-pending-per-address",
-            None,
-            _DEFAULTS.max_pending_per_address,
-            "Most such connections from one client address; beyond it that "
-            "address's oldest is closed.",
-            _count,
-        ],
-        [
-            "connect-rate",
-            None,
-            _DEFAULTS.connect_rate,
-            "New connections a second one client address may open on average; "
-            "beyond it (and --connect-burst) they are closed at once.",
-            _rate,
-        ],
-        [
-            "connect-burst",
-            None,
-            _DEFAULTS.connect_burst,
-            "New connections one client address may open in a burst above --connect-rate.",
-            _positive_int,
-        ],
-        [
-            "fd-reserve",
-            None,
-            _DEFAULTS.fd_reserve,
-            "File descriptors kept free under the process's limit: a connection that "
-            "would take one of them closes the oldest pending connection (or itself).",
-            _count,
-        ],
-        [
-            "client-log-rate",
-            None,
-            _DEFAULTS.client_log_rate,
-            "Log lines a minute for each kind of event clients cause (error replies, "
-            "refused handshakes, ...); the rest are counted in /metrics.",
-            _count,
-        ],
-        [
-            "access-log-rate",
-            None,
-            _DEFAULTS.access_log_rate,
-            "Lines a minute of the HTTP access log (/healthz, /metrics, the demo's files); "
-            "the rest are counted in one line a minute.",
-            _count,
-        ],
+        # One row for each limit, from its field of Limits.
+        *([o.name, None, o.default, o.help, o.parse] for o in limit_options()),
         [
             "metrics-listen",
             None,
@@ -360,7 +180,7 @@ class Options(usage.Options):
             None,
             DEFAULT_AUTH_TIMEOUT,
             "Seconds an admin console connection may take to log in before it is closed.",
-            _seconds,
+            parse_seconds,
         ],
     ]
 
@@ -382,6 +202,11 @@ class Options(usage.Options):
         ],
     ]
 
+    # What postOptions derives from the options, as attributes; the dict
+    # holds only what the command line gave.
+    limits: Limits
+    listeners: list[Listener]
+    tls: ReloadableServerTLS | None = None
     manhole: ManholeConfig | None = None
 
     def __init__(self) -> None:
@@ -449,13 +274,17 @@ class Options(usage.Options):
                 check_ciphers(self["tls-ciphers"])
             except TLSConfigError as e:
                 raise usage.UsageError(f"--tls-ciphers: {e}") from None
-        self["listeners"] = plan_listeners(self, self.listen_description)
+        self.limits = Limits(
+            allowed_origins=tuple(self["allowed-origin"]),
+            **{option.field: self[option.name] for option in limit_options()},
+        )
+        self.listeners = plan_listeners(self, self.listen_description)
         if self["metrics-listen"]:
             check_endpoint("--metrics-listen", self["metrics-listen"])
-        self["tls"] = None
-        if any(listener.tls for listener in self["listeners"]):
+        self.tls = None
+        if any(listener.tls for listener in self.listeners):
             try:
-                self["tls"] = ReloadableServerTLS(
+                self.tls = ReloadableServerTLS(
                     self["tls-cert"],
                     self["tls-key"],
                     MINIMUM_VERSIONS[self["tls-min-version"] or "1.2"],
@@ -474,35 +303,6 @@ class Options(usage.Options):
         port = DEFAULT_PORT if self["port"] is None else self["port"]
         interface = self["interface"] or DEFAULT_INTERFACE
         return f"tcp:{port}:interface={quoteStringArgument(interface)}:backlog={self['backlog']}"
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(
-            max_message_size=self["max-message-size"],
-            max_fragments=self["max-fragments"],
-            max_room_id_length=self["max-room-id-length"],
-            max_room_size=self["max-room-size"],
-            max_rooms=self["max-rooms"],
-            max_connections=self["max-connections"],
-            max_connections_per_address=self["max-connections-per-address"],
-            rate_limit=self["rate-limit"],
-            rate_burst=self["rate-burst"],
-            rate_limit_strikes=self["rate-limit-strikes"],
-            max_send_buffer=self["max-send-buffer"],
-            ping_interval=self["ping-interval"],
-            ping_timeout=self["ping-timeout"],
-            join_timeout=self["join-timeout"],
-            handshake_timeout=self["handshake-timeout"],
-            max_handshake_size=self["max-handshake-size"],
-            max_pending_connections=self["max-pending-connections"],
-            max_pending_per_address=self["max-pending-per-address"],
-            connect_rate=self["connect-rate"],
-            connect_burst=self["connect-burst"],
-            fd_reserve=self["fd-reserve"],
-            client_log_rate=self["client-log-rate"],
-            access_log_rate=self["access-log-rate"],
-            allowed_origins=tuple(self["allowed-origin"]),
-        )
 
 
 def makeService(config: Options, reactor: Any = None) -> MultiService:
@@ -542,11 +342,11 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     serving = listening_factory(
         factory, serve_metrics=not metrics_listen, demo=not config["no-demo"]
     )
-    for listener in config["listeners"]:
+    for listener in config.listeners:
         listening_service(
             listener,
             serving,
-            config["tls"],
+            config.tls,
             reactor,
             factory.admission,
             demo=not config["no-demo"],
@@ -561,7 +361,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             lambda address: f"metrics at {address_url(address, 'http', '/metrics')}",
         ).setServiceParent(top)
     interval = config["tls-reload-interval"]
-    CertificateReloader(config["tls"], interval, reactor, reactor).setServiceParent(top)
+    CertificateReloader(config.tls, interval, reactor, reactor).setServiceParent(top)
     if config.manhole is not None:
         manhole_service(config.manhole, Admin(factory).namespace()).setServiceParent(top)
     SystemdNotifier(reactor).setServiceParent(top)

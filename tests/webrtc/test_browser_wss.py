@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from bench.twistd import twistd
+
 from ..certs import CertificateAuthority
-from ..twistd_process import twistd
 from .peers import WAIT_MS, DemoPage
 
 pytestmark = pytest.mark.webrtc
