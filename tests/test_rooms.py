@@ -366,6 +366,25 @@ def test_the_newcomer_hears_nothing_of_itself(harness: Harness) -> None:
 # --------------------------------------------------------------------------
 
 
+def test_nothing_reaches_a_member_before_its_join_completes(harness: Harness) -> None:
+    """A client must get ``joined`` before any frame from its room (a relay
+    or a notice), so nothing may be delivered to a member before ``done``."""
+    a, b, c = harness.members("a", "b", "c")
+    harness.joined("r", a)
+    received_before_done: list[int] = []
+
+    def done(outcome: Joined | JoinRefused) -> None:
+        received_before_done.append(len(b.received))
+
+    harness.rooms.join("r", b, done)
+    harness.rooms.join("r", c, lambda outcome: None)
+    room = harness.rooms.room("r")
+    assert room is not None
+    room.send("b", b"early")  # b may or may not be in this view yet
+    harness.settle()
+    assert received_before_done == [0]
+
+
 def test_leave_tells_the_rest_once_each(harness: Harness) -> None:
     a, b, c = harness.members("a", "b", "c")
     room = None

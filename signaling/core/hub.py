@@ -26,7 +26,9 @@ class Hub:
     ``address_counts`` counts them by what ``--max-connections-per-address``
     limits; ``draining`` is set while the server shuts down (new handshakes
     are refused); ``closed_messages_*`` keep the totals of closed
-    connections; ``log`` is where sessions log, within ``log_budget``.
+    connections; ``log`` is where sessions log (nowhere unless given),
+    within ``log_budget``, whose summaries go to ``budget_log`` (``log``
+    unless given).
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class Hub:
         limits: Limits | None = None,
         rooms: Rooms | None = None,
         log: EventLog | None = None,
+        budget_log: EventLog | None = None,
     ) -> None:
         self.clock = clock
         self.limits = limits = limits if limits is not None else Limits()
@@ -53,7 +56,9 @@ class Hub:
         self.closed_messages_out = 0
         self.draining = False
         #: Bounds the log lines that clients can cause.
-        self.log_budget = LogBudget(clock, limits.client_log_rate, self.log)
+        self.log_budget = LogBudget(
+            clock, limits.client_log_rate, budget_log if budget_log is not None else self.log
+        )
 
     def refusal(self, limit_key: str | None) -> str | None:
         """Why a new connection from ``limit_key`` must be refused (503), or

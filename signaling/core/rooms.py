@@ -14,7 +14,9 @@ process holds), so an implementation may keep members on other processes:
 - ``new-client`` and ``leave-client`` notices are the implementation's to
   deliver: each member already in a room hears of each newcomer exactly
   once, and the newcomer's ``existing`` lists exactly the members it will
-  not hear a ``new-client`` for.
+  not hear a ``new-client`` for;
+- nothing is delivered to a member before its join's ``done`` (a client
+  gets ``joined`` before any frame from its room).
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ class Rooms(Protocol):
 
     def join(self, room_id: str, member: Member, done: JoinDone) -> None:
         """Put ``member`` in ``room_id``, tell the members already there
-        (``new-client``), and call ``done`` once, now or later."""
+        (``new-client``), and call ``done`` once, now or later; deliver
+        nothing to ``member`` before that."""
 
     def leave(self, member: Member) -> None:
         """Take ``member`` out of its room and tell the rest
