@@ -35,7 +35,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITCPTransport,
 )
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -43,6 +43,7 @@ from zope.interface import implementer
 from signaling.core.clock import cancel
 from signaling.logs import ServerLogger
 from signaling.ops.listen import ListeningService, address_url, check_endpoint
+from signaling.wire import compat
 
 _log = ServerLogger()
 
@@ -262,9 +263,9 @@ class _LibraryLogger(ServerLogger):
 
 
 def _unfiltered_classes() -> list[str]:
-    """The twisted.conch classes the console uses that no longer log through
-    ``_log`` (a private name, stable since Twisted 16): their lines keep
-    their own level."""
+    """The twisted.conch classes the console uses that no longer log where
+    compat.conch_logger replaces their logger: their lines keep their own
+    level."""
     bases = (
         transport.SSHServerTransport,
         userauth.SSHUserAuthServer,
@@ -272,7 +273,7 @@ def _unfiltered_classes() -> list[str]:
         channel.SSHChannel,
         SSHFactory,
     )
-    return [cls.__qualname__ for cls in bases if not isinstance(getattr(cls, "_log", None), Logger)]
+    return compat.conch_classes_without_logger(bases)
 
 
 class _Logout:
@@ -289,6 +290,7 @@ class _Logout:
         self._logout()
 
 
+@compat.conch_logger(_LibraryLogger())
 class _ConsoleChannel(channel.SSHChannel):
     """A ``session`` channel that runs the console on its pty.
 
@@ -298,7 +300,6 @@ class _ConsoleChannel(channel.SSHChannel):
     """
 
     name = b"session"
-    _log = _LibraryLogger()
     avatar: _Operator
 
     _size = (80, 24)
@@ -430,12 +431,14 @@ class _LoggingKeyChecker(SSHPublicKeyChecker):
         return super().requestAvatarId(credentials).addCallbacks(logged, refused)
 
 
+@compat.conch_logger(_LibraryLogger())
 class _UserAuthServer(userauth.SSHUserAuthServer):
-    _log = _LibraryLogger()
+    pass
 
 
+@compat.conch_logger(_LibraryLogger())
 class _Connection(connection.SSHConnection):
-    _log = _LibraryLogger()
+    pass
 
 
 @implementer(IPushProducer)
@@ -457,12 +460,12 @@ class _ReadPause:
         pass  # the connection is closing anyway
 
 
+@compat.conch_logger(_LibraryLogger())
 class _ServerTransport(transport.SSHServerTransport):
     """The console's SSH server side: advertises the user-key signature
     algorithms it accepts and closes connections that do not log in within
     the factory's ``auth_timeout``."""
 
-    _log = _LibraryLogger()
     factory: ConsoleFactory
     _auth_timer: IDelayedCall | None = None
 
@@ -522,13 +525,13 @@ class _ServerTransport(transport.SSHServerTransport):
         )
 
 
+@compat.conch_logger(_LibraryLogger())
 class ConsoleFactory(SSHFactory):
     """SSH server factory of the console: public-key logins only, then a
     Python prompt."""
 
     protocol = _ServerTransport
     services = {b"ssh-userauth": _UserAuthServer, b"ssh-connection": _Connection}
-    _log = _LibraryLogger()
     noisy = False  # the port's "ConsoleFactory starting on" line says it
 
     def __init__(
