@@ -413,10 +413,16 @@ _KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 _ORIGIN = "http://app.example"
 _REQUEST = (
     "GET /connect?x=1 HTTP/1.1\r\nHost: probe.example\r\nUpgrade: websocket\r\n"
-    f"Connection: Upgrade\r\nSec-WebSocket-Key: {_KEY}\r\nSec-WebSocket-Version: 13\r\n"
-    f"Origin: {_ORIGIN}\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"
-    "\r\n\r\n"
+    f"Connection: Upgrade\r\nSec-WebSocket-Key: {_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
 ).encode()
+#: The same, from a browser (what only the handshake fast path relies on).
+_BROWSER_REQUEST = (
+    _REQUEST[:-2]
+    + (
+        f"Origin: {_ORIGIN}\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"
+        "\r\n\r\n"
+    ).encode()
+)
 #: What a connection knows of its opening request (signaling.wire.protocol
 #: records them through accept_request and open_connection).
 _HANDSHAKE_STATE = (
@@ -476,9 +482,9 @@ class _Probe:
         protocol.onMessage = lambda payload, is_binary: self.received.append((payload, is_binary))
         return protocol
 
-    def opened(self, **options: Any) -> Any:
+    def opened(self, request: bytes = _REQUEST, **options: Any) -> Any:
         protocol = self.connection(**options)
-        protocol.dataReceived(_REQUEST)
+        protocol.dataReceived(request)
         if protocol.state != protocol.STATE_OPEN:
             raise AssertionError("Autobahn did not open the probe connection")
         return protocol
@@ -499,7 +505,9 @@ def _missing_for_handshake() -> list[str]:
     if missing:
         return missing
     probe = _Probe()
-    protocol = probe.opened(allowedOrigins=[_ORIGIN + ":80"], allowNullOrigin=True)
+    protocol = probe.opened(
+        _BROWSER_REQUEST, allowedOrigins=[_ORIGIN + ":80"], allowNullOrigin=True
+    )
     missing += _attributes(protocol, _HANDSHAKE_STATE, "an opened connection")
     missing += _attributes(protocol, ("allowedOriginsPatterns",), "a connection")
     if not isinstance(protocol.is_open, Deferred) or not protocol.is_open.called:
@@ -665,7 +673,7 @@ def _missing_for_admin_console() -> list[str]:
 #: What each use needs, and what becomes of it without.
 _CHECKS: dict[str, tuple[Callable[[], list[str]], str]] = {
     "handshake": (_missing_for_handshake, "Autobahn's processHandshake reads every handshake"),
-    "read": (_missing_for_read, "Autobahn's dataReceived reads every frame"),
+    "read": (_missing_for_read, "Autobahn's dataReceived and onMessage read every frame"),
     "write": (_missing_for_write, "Autobahn's sendMessage sends every message"),
     "debug formatting": (
         _missing_for_debug_formatting,
@@ -690,7 +698,7 @@ def problems() -> dict[str, list[str]]:
         try:
             missing = probe()
         except Exception as e:  # a probe that breaks is a change too
-            missing = [f"{probe.__name__[1:]} failed: {e!r}"]
+            missing = [f"what its probe needs ({e!r})"]
         if missing:
             found[use] = missing
     return found
@@ -717,21 +725,21 @@ def check(log: Logger | None = None) -> FastPaths:
     found = problems()
     paths = FastPaths(**{f.name: f.name not in found for f in fields(FastPaths)})
     if found:
-        uses = "; ".join(
-            f"{use}: {', '.join(missing)} missing, so {_CHECKS[use][1]}"
+        off = paths.off()
+        lacks = "; ".join(
+            f"{use} fast path: {', '.join(missing)}"
+            if use in off
+            else f"{use}: {', '.join(missing)} (so {_CHECKS[use][1]})"
             for use, missing in found.items()
         )
-        off = paths.off()
-        tail = (
-            f"; the {' and '.join(off)} fast path(s) are off, and Autobahn's public path is "
-            "used instead"
-            if off
-            else ""
-        )
+        instead = "; ".join(_CHECKS[use][1] for use in off)
         (log or _log).warn(
-            "{versions} differ from what the server was tested with: {uses}{tail}",
+            "{versions} lack what the server uses: {lacks}.{off}",
             versions=_versions(),
-            uses=uses,
-            tail=tail,
+            lacks=lacks,
+            off=f" Fast path(s) off: {', '.join(off)}; Autobahn's public path is used "
+            f"instead ({instead})."
+            if off
+            else "",
         )
     return paths
