@@ -7,6 +7,8 @@ import ast
 import importlib
 import inspect
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from signaling.wire.compat import ALL_FAST_PATHS, FastPaths
 
 from .conftest import RunningServer, on_reactor
 from .test_fast_paths import exchange
+from .twistd_process import source_env
 
 PACKAGE = Path(signaling.__file__).parent
 COMPAT = PACKAGE / "wire" / "compat.py"
@@ -303,3 +306,29 @@ def test_what_is_missing_turns_its_fast_path_off(
     assert f"Fast path(s) off: {expected.off()[0]};" in text
     assert "Autobahn's public path is used instead" in text
     assert exchange(make_server, paths) == before
+
+
+def test_autobahn_is_changed_by_make_service_not_by_an_import() -> None:
+    """Importing the package leaves Autobahn as it is; makeService replaces
+    its debug formatters (compat.skip_debug_formatting)."""
+    script = """
+import pprint
+import autobahn.websocket.protocol as autobahn_protocol
+import signaling.ops.tap, signaling.web.site, signaling.wire.protocol
+assert autobahn_protocol.pformat is pprint.pformat, "changed by an import"
+from signaling.ops.tap import Options, makeService
+config = Options()
+config.parseOptions(["--interface", "127.0.0.1", "--port", "0"])
+makeService(config)
+value = [("setting", 1)]
+assert autobahn_protocol.pformat(value) is value, "not changed by makeService"
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=source_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -720,7 +720,8 @@ def check(log: Logger | None = None) -> FastPaths:
     warning names it, and what becomes of each use without it (a fast
     path without: Autobahn's public path does its work).
 
-    Call it before the reactor runs, or in its thread.
+    Its probes use string transports and a local socket pair: no reactor,
+    no network.
     """
     found = problems()
     paths = FastPaths(**{f.name: f.name not in found for f in fields(FastPaths)})
