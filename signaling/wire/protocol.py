@@ -185,8 +185,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         else:
             super().connectionLost(reason)  # onClose ends the session
             self.session.closed()  # (at once, should onClose not have run)
-        # Or every closed connection would stay in memory until a full
-        # garbage collection.
+        # Autobahn's is_closed holds this protocol in a reference cycle.
         compat.release_closed(self)
 
     def _cancel_handshake_deadline(self) -> None:
