@@ -15,10 +15,12 @@ releases (beyond the bound) with :func:`check` and the tests that compare
 the fast paths with Autobahn's.
 
 A few public but undocumented attributes of Autobahn's protocol are read
-where they are needed, on the per-message path, to cost no call:
-``state``, ``data`` (Autobahn's receive buffer), ``current_frame`` and
-``inside_message`` (whether Autobahn is in the middle of a frame or a
-message). :func:`check` verifies those too.
+where they are needed, on the per-message path of the read fast path, to
+cost no call: ``state``, ``data`` (Autobahn's receive buffer),
+``current_frame`` and ``inside_message`` (whether Autobahn is in the middle
+of a frame or a message). :func:`check` verifies those too, and turns that
+path off without them. Autobahn's own path needs none of them but
+``current_frame``, for counting fragments (:func:`frame_opcode`).
 """
 
 from __future__ import annotations
@@ -91,6 +93,15 @@ def protocol_settings(factory: WebSocketServerFactory) -> dict[str, Any]:
     Autobahn stop listing them (each connection then copies them itself)."""
     names = getattr(WebSocketServerProtocol, "CONFIG_ATTRS", ())
     return {name: getattr(factory, name) for name in names if hasattr(factory, name)}
+
+
+# -- Autobahn: reading ---------------------------------------------------------
+
+
+def frame_opcode(protocol: Any) -> int | None:
+    """The opcode of the frame Autobahn is reading (from ``onFrameBegin``),
+    or None should this Autobahn not say (fragments then go uncounted)."""
+    return getattr(getattr(protocol, "current_frame", None), "opcode", None)
 
 
 # -- Autobahn: the opening handshake -------------------------------------------

@@ -484,7 +484,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         the rate limit. Autobahn calls this for every frame it reads."""
         session = self.session
         if self.state == self.STATE_OPEN and session is not None:
-            opcode = self.current_frame.opcode
+            opcode = compat.frame_opcode(self)
             if opcode == 0:
                 self._fragments += 1
                 limit = self.factory.limits.max_fragments
@@ -496,7 +496,7 @@ class SignalingProtocol(WebSocketServerProtocol):
                     self.stop_reading()
                 else:
                     session.frame_allowed()
-            elif opcode < 8:
+            elif opcode is not None and opcode < 8:
                 self._fragments = 1
         super().onFrameBegin()
 
