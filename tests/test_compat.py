@@ -24,7 +24,7 @@ from signaling.wire import compat
 from signaling.wire.compat import ALL_FAST_PATHS, FastPaths
 
 from .conftest import RunningServer, on_reactor
-from .test_fast_paths import exchange
+from .traffic import exchange
 from .twistd_process import source_env
 
 PACKAGE = Path(signaling.__file__).parent
@@ -86,8 +86,8 @@ def class_definitions(cls: ast.ClassDef) -> set[str]:
         if not isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)) or not method.args.args:
             continue
         me = method.args.args[0].arg
-        for node in ast.walk(method):
-            for target in _flat(_targets(node)):
+        for inner in ast.walk(method):
+            for target in _flat(_targets(inner)):
                 if (
                     isinstance(target, ast.Attribute)
                     and isinstance(target.value, ast.Name)
@@ -188,14 +188,14 @@ def violations(module: Module, own: set[str], classes: bool = True) -> list[str]
                 at(node, f"changes {target.value.id}.{target.attr}")
     if classes:
         imported = importlib.import_module(module.name)
-        for node in module.tree.body:
-            if not isinstance(node, ast.ClassDef):
+        for statement in module.tree.body:
+            if not isinstance(statement, ast.ClassDef):
                 continue
-            cls = getattr(imported, node.name)
-            for name in sorted(class_definitions(node)):
-                where = _library_defines(cls, name) if _private(name) else None
+            cls = getattr(imported, statement.name)
+            for defined in sorted(class_definitions(statement)):
+                where = _library_defines(cls, defined) if _private(defined) else None
                 if where is not None:
-                    at(node, f"{node.name} defines {name}, which is {where}")
+                    at(statement, f"{statement.name} defines {defined}, which is {where}")
     return found
 
 

@@ -14,7 +14,7 @@ from signaling.wire import protocol
 from signaling.wire.compat import ALL_FAST_PATHS, NO_FAST_PATHS, FastPaths
 
 from .conftest import RunningServer, on_reactor
-from .traffic import MAX_MESSAGE_SIZE, run_script
+from .traffic import exchange
 
 CONFIGURATIONS = {
     "all-on": ALL_FAST_PATHS,
@@ -23,12 +23,6 @@ CONFIGURATIONS = {
     "write-off": FastPaths(write=False),
     "all-off": NO_FAST_PATHS,
 }
-
-
-def exchange(make_server: Callable[..., RunningServer], paths: FastPaths) -> list[Any]:
-    server = make_server(max_message_size=MAX_MESSAGE_SIZE)
-    server.factory.fast_paths = paths
-    return run_script(server.port)
 
 
 @pytest.fixture

@@ -7,7 +7,13 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from signaling.wire.compat import FastPaths
+
+    from .conftest import RunningServer
 
 TIMEOUT = 5.0
 #: What the server must allow for the script: its largest message.
@@ -164,3 +170,10 @@ def run_script(port: int) -> list[tuple[str, int, bytes]]:
             payload = payload.replace(client_id, label)  # noqa: PLW2901
         masked.append((name, first, payload))
     return masked
+
+
+def exchange(make_server: Callable[..., RunningServer], paths: FastPaths) -> list[Any]:
+    """The script's transcript from a new server with these fast paths."""
+    server = make_server(max_message_size=MAX_MESSAGE_SIZE)
+    server.factory.fast_paths = paths
+    return run_script(server.port)
