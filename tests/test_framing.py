@@ -146,7 +146,7 @@ def test_replies_are_written_straight_to_plain_sockets(server: RunningServer) ->
     from .conftest import on_reactor
 
     raw, peer = joined_pair(server)
-    assert on_reactor(lambda: server.connection(peer.id)._direct_socket) is not None
+    assert on_reactor(lambda: server.connection(peer.id).writes_to_socket)
     raw.sock.sendall(b"".join(client_frame(offer(peer.id, f"burst {i}")) for i in range(20)))
     for i in range(20):  # a burst is queued through the transport, in order
         raw.sock.sendall(client_frame(offer(peer.id, f"single {i}")))

@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from signaling.wire import compat
+from signaling.wire.compat import FastPaths
 from signaling.wire.handshake import plain_upgrade
 
 from .conftest import TIMEOUT, RunningServer, wait_for
@@ -150,7 +152,7 @@ def answer(server: RunningServer, request: bytes) -> tuple[bytes, dict[str, Any]
 def servers(make_server: Callable[..., RunningServer]) -> tuple[RunningServer, RunningServer]:
     """The same settings twice: one-pass handshakes on, and off."""
     plain, autobahn = (make_server(trust_proxy=1, allowed_origins=(ALLOWED,)) for _ in range(2))
-    autobahn.factory.plain_handshakes = False
+    autobahn.factory.fast_paths = FastPaths(handshake=False)
     return plain, autobahn
 
 
@@ -176,20 +178,18 @@ def test_browser_handshake_is_answered_as_autobahn_would(servers) -> None:
     assert (response, state) == answer(servers[1], request)
 
 
-def test_plain_requests_take_the_one_pass_path(servers) -> None:
+def test_plain_requests_take_the_one_pass_path(servers, monkeypatch: pytest.MonkeyPatch) -> None:
     """The comparisons above compare two paths, not Autobahn with itself."""
-    taken: list[bool] = []
-    for server in servers:
-        protocol = server.factory.protocol
-        original = protocol._open_plain
+    opened: list[Any] = []
+    original = compat.open_connection
 
-        def spy(self: Any, *args: Any, original: Any = original) -> bool:
-            taken.append(result := original(self, *args))
-            return result
+    def spy(protocol: Any, response: str) -> None:
+        opened.append(protocol.factory)
+        original(protocol, response)
 
-        protocol._open_plain = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(compat, "open_connection", spy)
     assert_same_answer(servers, (BROWSER + "\r\n").encode())
-    assert taken == [True]  # the plain server, once; never the other
+    assert opened == [servers[0].factory]  # the plain server, once; never the other
 
 
 @pytest.mark.parametrize(

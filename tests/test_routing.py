@@ -16,6 +16,7 @@ from twisted.logger import LogLevel
 from websockets.sync.client import connect
 
 from signaling.core import messages
+from signaling.wire.compat import FastPaths
 
 from .conftest import TIMEOUT, Client, RunningServer, on_reactor, wait_for
 
@@ -193,7 +194,7 @@ def test_failure_while_opening_does_not_leave_the_connection_open(
     swallowed by Autobahn's Deferred, the connection ends by the deadline."""
     clock = Clock()
     server = make_server(clock=clock, handshake_timeout=10, join_timeout=0)
-    server.factory.plain_handshakes = plain
+    server.factory.fast_paths = FastPaths(handshake=plain)
 
     def broken(client_id: str) -> bytes:
         raise RuntimeError("cannot greet")

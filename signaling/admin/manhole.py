@@ -35,7 +35,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITCPTransport,
 )
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -48,6 +48,7 @@ from signaling.ops.listen import (
     check_endpoint,
     endpoint_arguments,
 )
+from signaling.wire import compat
 
 _log = ServerLogger()
 
@@ -247,9 +248,9 @@ class _LibraryLogger(ServerLogger):
 
 
 def _unfiltered_classes() -> list[str]:
-    """The twisted.conch classes the console uses that no longer log through
-    ``_log`` (a private name, stable since Twisted 16): their lines keep
-    their own level."""
+    """The twisted.conch classes the console uses that no longer log where
+    compat.conch_logger replaces their logger: their lines keep their own
+    level."""
     bases = (
         transport.SSHServerTransport,
         userauth.SSHUserAuthServer,
@@ -257,7 +258,7 @@ def _unfiltered_classes() -> list[str]:
         channel.SSHChannel,
         SSHFactory,
     )
-    return [cls.__qualname__ for cls in bases if not isinstance(getattr(cls, "_log", None), Logger)]
+    return compat.conch_classes_without_logger(bases)
 
 
 class _Logout:
@@ -274,6 +275,7 @@ class _Logout:
         self._logout()
 
 
+@compat.conch_logger(_LibraryLogger())
 class _ConsoleChannel(channel.SSHChannel):
     """A ``session`` channel that runs the console on its pty.
 
@@ -283,7 +285,6 @@ class _ConsoleChannel(channel.SSHChannel):
     """
 
     name = b"session"
-    _log = _LibraryLogger()
     avatar: _Operator
 
     _size = (80, 24)
@@ -415,12 +416,14 @@ class _LoggingKeyChecker(SSHPublicKeyChecker):
         return super().requestAvatarId(credentials).addCallbacks(logged, refused)
 
 
+@compat.conch_logger(_LibraryLogger())
 class _UserAuthServer(userauth.SSHUserAuthServer):
-    _log = _LibraryLogger()
+    pass
 
 
+@compat.conch_logger(_LibraryLogger())
 class _Connection(connection.SSHConnection):
-    _log = _LibraryLogger()
+    pass
 
 
 @implementer(IPushProducer)
@@ -442,12 +445,12 @@ class _ReadPause:
         pass  # the connection is closing anyway
 
 
+@compat.conch_logger(_LibraryLogger())
 class _ServerTransport(transport.SSHServerTransport):
     """The console's SSH server side: advertises the user-key signature
     algorithms it accepts and closes connections that do not log in within
     the factory's ``auth_timeout``."""
 
-    _log = _LibraryLogger()
     factory: ConsoleFactory
     _auth_timer: IDelayedCall | None = None
 
@@ -507,13 +510,13 @@ class _ServerTransport(transport.SSHServerTransport):
         )
 
 
+@compat.conch_logger(_LibraryLogger())
 class ConsoleFactory(SSHFactory):
     """SSH server factory of the console: public-key logins only, then a
     Python prompt."""
 
     protocol = _ServerTransport
     services = {b"ssh-userauth": _UserAuthServer, b"ssh-connection": _Connection}
-    _log = _LibraryLogger()
     noisy = False  # the port's "ConsoleFactory starting on" line says it
 
     def __init__(

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from signaling.logs import ServerLogger
+from signaling.wire import compat
 from signaling.wire.admission import Admission, AdmittingFactory, quiet_accept_errors
 from signaling.wire.tls import INTERMEDIATE_CIPHERS, ReloadableServerTLS, select_alpn
 
@@ -388,7 +389,7 @@ def _apply_tls_policy(endpoint: IStreamServerEndpoint, ciphers: str) -> None:
     Without it, Twisted's own policy stays, and since Twisted 25 that fails
     every handshake in which the client offers ALPN (browsers, curl).
     """
-    creator = getattr(endpoint, "_sslContextFactory", None)
+    creator = compat.ssl_context_factory(endpoint)
     get_context = getattr(creator, "getContext", None)
     if get_context is None:
         _log.warn(

@@ -39,6 +39,7 @@ from signaling.ops.reload import CertificateReloader
 from signaling.ops.shutdown import GracefulShutdown
 from signaling.ops.systemd import SystemdNotifier
 from signaling.web.site import build_metrics_site, listening_factory
+from signaling.wire import compat
 from signaling.wire.admission import raise_open_files_limit
 from signaling.wire.protocol import SignalingFactory
 from signaling.wire.tls import (
@@ -315,6 +316,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     # debug output, which describes every frame.
     txaio_twisted.set_global_log_level("info" if level == "debug" else level)
     tune_gc()
+    compat.skip_debug_formatting()
     before, after = raise_open_files_limit()
     if after != before:
         _log.info("open files limit raised from {before} to {after}", before=before, after=after)
@@ -332,6 +334,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     factory = SignalingFactory(
         clock=reactor, limits=config.limits, trust_proxy=config["trust-proxy"]
     )
+    factory.fast_paths = compat.check()
     if config["hide-version"]:
         factory.hide_versions()
     # Services stop in reverse order: the listeners before the drain.

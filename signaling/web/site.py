@@ -33,6 +33,7 @@ from signaling.web.demo import (
     StaticFileResource,
     load_static_files,
 )
+from signaling.wire import compat
 from signaling.wire.addresses import forwarded_address, socket_address
 from signaling.wire.admission import RETRY_AFTER, Admission
 from signaling.wire.protocol import SignalingFactory
@@ -63,16 +64,21 @@ class _Root(Resource):
 class _ConnectResource(WebSocketResource):
     """The WebSocket endpoint; exactly ``/connect``, nothing below it."""
 
+    def __init__(self, factory: SignalingFactory) -> None:
+        super().__init__(factory)
+        self.signaling_factory = factory
+
     def render(self, request: Request) -> Any:
         if request.postpath:
             return notFound().render(request)
         # The request is handed to a new protocol whole; it must not route
         # it back here (processHandshake routes only while http_site is set).
-        site, self._factory.http_site = self._factory.http_site, None
+        factory = self.signaling_factory
+        site, factory.http_site = factory.http_site, None
         try:
             result = super().render(request)
         finally:
-            self._factory.http_site = site
+            factory.http_site = site
         # The connection now belongs to the WebSocket protocol. The HTTP
         # channel and request still refer to each other; untie them so they
         # are freed at once instead of waiting for the cyclic GC.
@@ -202,7 +208,7 @@ class SignalingSite(_AccessLoggedSite):
         self, protocol: Any, seconds: float, release: Callable[[], None] | None = None
     ) -> Any:
         if self.deadline > 0:
-            channel = protocol._channel
+            channel = compat.http_channel(protocol)
             channel.signaling_deadline = self.clock.callLater(
                 max(seconds, 0), _past_deadline, channel, release
             )

@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from signaling.core.limits import Limits, RateLimiter
 from signaling.logs import ServerLogger
+from signaling.wire import compat
 from signaling.wire.addresses import socket_address
 
 _log = ServerLogger()
@@ -352,12 +353,12 @@ class AcceptErrorLog:
 def quiet_accept_errors(port: Any, clock: IReactorTime, count: Callable[[], None]) -> Any:
     """Give a listening port the log of :class:`AcceptErrorLog`; returns ``port``.
 
-    Twisted's TCP port logs through its ``_logger`` (a class attribute
-    Logger); an instance attribute replaces it for this port only. Ports
-    without one are left as they are.
+    It replaces the port's own logger for this port only (see
+    signaling.wire.compat.set_port_logger). Ports without one are left as
+    they are.
     """
-    logger = getattr(port, "_logger", None)
-    if not isinstance(logger, Logger):
+    logger = compat.port_logger(port)
+    if logger is None:
         return port
     paused = False
 
@@ -375,5 +376,5 @@ def quiet_accept_errors(port: Any, clock: IReactorTime, count: Callable[[], None
             port.startReading()
 
     observer = AcceptErrorLog(clock, count, forward=logger.observer, pause=pause)
-    port._logger = Logger(namespace=logger.namespace, observer=observer)
+    compat.set_port_logger(port, Logger(namespace=logger.namespace, observer=observer))
     return port

@@ -11,11 +11,8 @@ from urllib.parse import parse_qs, unquote_to_bytes
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PERMESSAGE_COMPRESSION_EXTENSION
-from autobahn.websocket.protocol import _is_same_origin, _url_to_origin
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from OpenSSL import SSL
-from twisted.internet import tcp, unix
-from twisted.internet.defer import succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -33,27 +30,20 @@ from signaling.core.ids import new_client_id
 from signaling.core.limits import Limits
 from signaling.core.session import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY, Session
 from signaling.logs import LogBudget, ServerLogger
+from signaling.wire import compat
 from signaling.wire.addresses import forwarded_address, socket_address
 from signaling.wire.admission import RETRY_AFTER, Admission
+from signaling.wire.compat import ALL_FAST_PATHS, FastPaths
 from signaling.wire.framing import GENERAL, NEED_MORE, next_frame, text_frame
 from signaling.wire.handshake import CONNECT_PATH, PlainUpgrade, plain_upgrade
 from signaling.wire.tls import describe_error
-from signaling.wire.tuning import skip_autobahn_debug_formatting
 
 _log = ServerLogger()
-skip_autobahn_debug_formatting()
-
-#: Transports whose socket send_frame may write to directly (not TLS).
-_PLAIN_STREAMS = (tcp.Server, unix.Server)
 
 #: Close code for a message too large, or split into too many frames.
 CLOSE_TOO_BIG = 1009
 #: Close code for a protocol violation (here: a malformed close frame).
 CLOSE_PROTOCOL_ERROR = 1002
-#: Close codes a peer may send (RFC 6455 section 7.4).
-_VALID_CLOSE_CODES = frozenset(WebSocketServerProtocol.CLOSE_STATUS_CODES_ALLOWED) | frozenset(
-    range(3000, 5000)
-)
 #: The WebSocket endpoint's path, as it appears in a request line.
 WEBSOCKET_TARGET = CONNECT_PATH.encode()
 #: A CR or LF that is not part of a CRLF (a CR at the end may be, later).
@@ -102,9 +92,15 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     It is also the streaming producer registered with its transport, so it
     learns when the client stops reading and can bound what is queued for it.
+
+    Its factory makes a subclass of it with the factory's settings and
+    :class:`~signaling.wire.compat.FastPaths`: the methods of a fast path
+    that is off are Autobahn's (see ``SignalingFactory._share_options``).
     """
 
     factory: SignalingFactory
+    #: The fast paths of this connection's factory.
+    fast_paths: FastPaths = ALL_FAST_PATHS
     #: The client's session (the protocol's rules), once the handshake succeeded.
     session: Session | None = None
     #: What --max-connections-per-address counts this client by (None: not
@@ -124,7 +120,9 @@ class SignalingProtocol(WebSocketServerProtocol):
     _close_deadline: IDelayedCall | None = None
     #: Bytes of an unfinished handshake already checked for bare line ends.
     _scanned = 0
+    #: The socket _write may send to itself (see signaling.wire.compat.write_frame).
     _direct_socket: socket.socket | None = None
+    _write = compat.write_frame
     _accepted_at = 0.0
     _greeting = b""
     _handshake_deadline: IDelayedCall | None = None
@@ -146,8 +144,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         fileno = getattr(transport, "fileno", None)
         if not factory.admission.hold(transport, transport.getPeer(), fileno() if fileno else -1):
             _log.debug("no descriptor to spare for {peer}", peer=self.peer)
-            self.droppedByMe = True
-            self.state = self.STATE_CLOSED
+            compat.mark_dropped(self)
             transport.abortConnection()
             return
         self._accepted_at = factory.clock.seconds()
@@ -164,19 +161,14 @@ class SignalingProtocol(WebSocketServerProtocol):
             # connections (scanners, browsers' spare preconnections) are
             # routine, not a problem to report.
             _log.debug("handshake timeout {peer}", peer=self.peer)
-            self.wasOpenHandshakeTimeout = True
-            self.wasNotCleanReason = "opening handshake timeout"
-            self.droppedByMe = True
-            self.state = self.STATE_CLOSED
+            compat.mark_unclean(self, "opening handshake timeout", open_timeout=True)
+            compat.mark_dropped(self)
             cast(Any, self.transport).abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         cancel(self._close_deadline)  # and free this object now, not then
         self._close_deadline = None
-        # Autobahn leaves its own closing-handshake timer running.
-        timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
-        if timer is not None:
-            timer.cancel()  # a batched timer: cancel() alone, no active()
+        compat.cancel_close_timer(self)
         if self.session is None:
             if self.transport is not None:
                 self.factory.admission.release(cast(ITransport, self.transport))
@@ -189,14 +181,12 @@ class SignalingProtocol(WebSocketServerProtocol):
                     peer=self.peer,
                     reason=describe_error(cast(SSL.Error, reason.value)),
                 )
-            self._connectionLost(cast(Any, reason))
+            compat.connection_lost_unopened(self, reason)
         else:
             super().connectionLost(reason)  # onClose ends the session
             self.session.closed()  # (at once, should onClose not have run)
-        # Autobahn resolves is_closed with the protocol itself, a reference
-        # cycle that only a full collection would free (rare, see tuning):
-        # every closed connection would stay in memory until then.
-        self.is_closed = succeed(None)
+        # Autobahn's is_closed holds this protocol in a reference cycle.
+        compat.release_closed(self)
 
     def _cancel_handshake_deadline(self) -> None:
         cancel(self._handshake_deadline)
@@ -236,7 +226,7 @@ class SignalingProtocol(WebSocketServerProtocol):
                 # than one arriving whole.
                 self._scanned = len(data)
             return
-        if self.factory.plain_handshakes:
+        if self.fast_paths.handshake:
             upgrade = plain_upgrade(data[:end])
             if upgrade is not None and self._open_plain(upgrade, end):
                 return
@@ -266,12 +256,11 @@ class SignalingProtocol(WebSocketServerProtocol):
                 peer=self.peer,
                 code=code,
             )
-        self.wasNotCleanReason = reason
+        compat.mark_unclean(self, reason)
         if code == 503:
             headers.append(("Retry-After", str(RETRY_AFTER)))
         self.sendHttpErrorResponse(code, reason, headers)
-        self.droppedByMe = True
-        self.state = self.STATE_CLOSED
+        compat.mark_dropped(self)
         cast(Any, self.transport).loseConnection()
 
     def _open_plain(self, upgrade: PlainUpgrade, end: int) -> bool:
@@ -294,13 +283,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         origin = upgrade.origin
         if origin:
             try:
-                origin_tuple = _url_to_origin(origin)
-                allowed = (origin_tuple == "null" and options.allowNullOrigin) or _is_same_origin(
-                    origin_tuple,
-                    "https" if factory.isSecure else "http",
-                    factory.port,
-                    options.allowedOriginsPatterns,
-                )
+                allowed = compat.origin_allowed(self, origin, factory.isSecure, factory.port)
             except Exception:
                 return False
             if not allowed:
@@ -308,7 +291,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         extensions: list[tuple[str, dict[str, list[Any]]]] = []
         if upgrade.extensions is not None:
             try:
-                extensions = self._parseExtensionsHeader(upgrade.extensions)
+                extensions = compat.parse_extensions(self, upgrade.extensions)
                 offers = [
                     cast(Any, PERMESSAGE_COMPRESSION_EXTENSION[name]["Offer"]).parse(params)
                     for name, params in extensions
@@ -319,25 +302,28 @@ class SignalingProtocol(WebSocketServerProtocol):
             if offers and options.perMessageCompressionAccept(offers) is not None:
                 return False
         headers = upgrade.headers
-        self.http_request_data = self.data[: end + 4]
-        self.data = self.data[end + 4 :]
-        self.http_status_line = upgrade.status_line
-        self.http_headers = headers
-        self.http_request_uri = upgrade.uri
-        self.http_request_path = CONNECT_PATH
-        self.http_request_params = parse_qs(upgrade.query) if upgrade.query else {}
-        self.http_request_host = upgrade.host
-        self.websocket_version = 13
-        self.websocket_protocols = []
-        self.websocket_origin = origin
-        self.websocket_extensions = extensions
-        self._wskey = upgrade.key
+        params = parse_qs(upgrade.query) if upgrade.query else {}
+        data = self.data
+        compat.accept_request(
+            self,
+            request=data[: end + 4],
+            rest=data[end + 4 :],
+            status_line=upgrade.status_line,
+            headers=headers,
+            uri=upgrade.uri,
+            path=CONNECT_PATH,
+            params=params,
+            host=upgrade.host,
+            origin=origin,
+            extensions=extensions,
+            key=upgrade.key,
+        )
         request = ConnectionRequest(
             self.peer,
             headers,
             upgrade.host,
             CONNECT_PATH,
-            self.http_request_params,
+            params,
             13,
             origin,
             [],
@@ -358,24 +344,13 @@ class SignalingProtocol(WebSocketServerProtocol):
             f"HTTP/1.1 101 Switching Protocols\r\n{server}Upgrade: WebSocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept.decode()}\r\n\r\n"
         )
-        self.websocket_protocol_in_use = None
-        self.websocket_extensions_in_use = []
-        self.http_response_data = response
         self._greeting = response.encode()  # onOpen sends it with the client's id
-        self.state = self.STATE_OPEN
-        self.inside_message = False
-        options.current_frame = None
-        self._onOpen()
-        cast(Any, self.is_open).callback(None)  # Autobahn: txaio.resolve
-        if self.data:
-            self.consumeData()
+        compat.open_connection(self, response)
         return True
 
     def _hand_to(self, site: HTTPFallback) -> None:
         self._cancel_handshake_deadline()
-        self.factory.countConnections -= 1  # Autobahn counted this connection as its own
-        data, self.data = self.data, b""
-        self.state = self.STATE_CLOSED
+        data = compat.abandon(self)
         transport = cast(ITransport, self.transport)
         self.transport = None
         site.take_over(transport, data, self.factory.clock.seconds() - self._accepted_at)
@@ -416,25 +391,31 @@ class SignalingProtocol(WebSocketServerProtocol):
         transport = cast(IConsumer, self.transport)
         transport.unregisterProducer()
         transport.registerProducer(self, True)
-        if type(transport) in _PLAIN_STREAMS and not getattr(transport, "TLS", False):
-            self._direct_socket = cast(Any, transport).socket
+        fast_write = self.fast_paths.write
+        if fast_write:
+            self._direct_socket = compat.direct_socket(transport)
         # Memory an idle connection need not keep: the raw handshake texts,
         # and the UTF-8 validator that parse() makes redundant.
-        self.http_request_data = b""
-        self.http_response_data = ""
-        self.utf8validator = None  # type: ignore[assignment]
+        compat.free_handshake_state(self)
         welcome = session.open()
         if limits.ping_interval > 0:
             self._keepalive = factory.clock.callLater(limits.ping_interval, self._send_keepalive)
         _log.debug("connect {client_id} from {peer}", client_id=session.client_id, peer=self.peer)
-        # The 101 response and the client's id leave in one send.
         greeting, self._greeting = self._greeting, b""
-        factory.hub.stats.bytes_out += len(welcome)
-        self._write(greeting + text_frame(welcome))
+        if fast_write:
+            # The 101 response and the client's id leave in one send.
+            factory.hub.stats.bytes_out += len(welcome)
+            self._write(greeting + text_frame(welcome))
+        else:
+            if greeting:  # from _open_plain (Autobahn's handshake sends its own)
+                transport.write(greeting)
+            self.send_frame(welcome)
         # Last: should anything above fail, the deadline still closes it.
         self._cancel_handshake_deadline()
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """On the write fast path: the 101 response waits for the client's
+        id (see onOpen), and control frames go out as messages do."""
         if self.state == self.STATE_CONNECTING and data.startswith(b"HTTP/1.1 101 "):
             # Autobahn's succeedHandshake: onOpen follows at once and sends it.
             self._greeting = data
@@ -492,13 +473,18 @@ class SignalingProtocol(WebSocketServerProtocol):
         elif offset < len(buf) and not self._ignoring_input:
             super().dataReceived(buf[offset:])
 
+    def _data_received_by_autobahn(self, data: bytes) -> None:
+        """``dataReceived`` with the read fast path off."""
+        if not self._ignoring_input:
+            super().dataReceived(data)
+
     def onFrameBegin(self) -> None:
         """Count the frames that are not whole messages (which the session
         counts): each continuation frame against ``--max-fragments`` and
         the rate limit. Autobahn calls this for every frame it reads."""
         session = self.session
         if self.state == self.STATE_OPEN and session is not None:
-            opcode = self.current_frame.opcode
+            opcode = compat.frame_opcode(self)
             if opcode == 0:
                 self._fragments += 1
                 limit = self.factory.limits.max_fragments
@@ -510,7 +496,7 @@ class SignalingProtocol(WebSocketServerProtocol):
                     self.stop_reading()
                 else:
                     session.frame_allowed()
-            elif opcode < 8:
+            elif opcode is not None and opcode < 8:
                 self._fragments = 1
         super().onFrameBegin()
 
@@ -555,28 +541,21 @@ class SignalingProtocol(WebSocketServerProtocol):
         the close frame that says why) and within a deadline (a client that
         closes but does not read could otherwise keep it forever)."""
         if self.state == self.STATE_OPEN:
-            if code is not None and code not in _VALID_CLOSE_CODES:
+            if code is not None and code not in compat.CLOSE_CODES_ALLOWED:
                 self.close(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
-                self.wasClean = False
-                self.wasNotCleanReason = "malformed close frame"
+                compat.mark_unclean(self, "malformed close frame")
             elif reasonRaw is not None and not _is_utf8(reasonRaw):
                 self.close(CLOSE_INVALID_PAYLOAD, "close reason is not valid UTF-8")
-                self.wasClean = False
-                self.wasNotCleanReason = "malformed close frame"
+                compat.mark_unclean(self, "malformed close frame")
             else:
-                self.remoteCloseCode = code
-                self.remoteCloseReason = None if reasonRaw is None else reasonRaw.decode()
-                self.wasClean = True
+                reason = None if reasonRaw is None else reasonRaw.decode()
+                compat.record_peer_close(self, code, reason)
                 self.sendCloseFrame(code=self.CLOSE_STATUS_CODE_NORMAL, isReply=True)
         elif self.state == self.STATE_CLOSING:
             # The answer to our close, or the frame that made Autobahn fail
             # the connection (a one-byte payload).
-            timer, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
-            if timer is not None:
-                timer.cancel()  # a batched timer: cancel() alone, no active()
-            self.wasClean = not self.failedByMe
-            if code in _VALID_CLOSE_CODES:
-                self.remoteCloseCode = code
+            compat.cancel_close_timer(self)
+            compat.record_close_reply(self, code)
         else:
             return cast(Any, super()).onCloseFrame(code, reasonRaw)
         self._end_in_order()
@@ -600,12 +579,12 @@ class SignalingProtocol(WebSocketServerProtocol):
         """As Autobahn's, but logged at debug level: clients that never
         answer a close (floods, vanished peers) are routine, and each one
         must not cost a warning in the log."""
-        self.closeHandshakeTimeoutCall = None
+        compat.close_timer_fired(self)
         if self.state != self.STATE_CLOSED:
             _log.debug("no answer to close: dropping {peer}", peer=self.peer)
-            self.wasClean = False
-            self.wasNotCleanReason = "peer did not finish the closing handshake in time"
-            self.wasCloseHandshakeTimeout = True
+            compat.mark_unclean(
+                self, "peer did not finish the closing handshake in time", close_timeout=True
+            )
             self._drop_quietly(abort=True)
 
     def abort(self) -> None:
@@ -628,9 +607,8 @@ class SignalingProtocol(WebSocketServerProtocol):
                 transport.abortConnection()
             return transport
         transport.unregisterProducer()
-        self.droppedByMe = True
-        self.state = self.STATE_CLOSED
-        cast(Any, self.is_closed).callback(self)  # as Autobahn's (txaio.resolve)
+        compat.mark_dropped(self)
+        compat.resolve_closed(self)
         if abort:
             transport.abortConnection()
         else:
@@ -656,26 +634,21 @@ class SignalingProtocol(WebSocketServerProtocol):
         self._write(text_frame(data))
         return True
 
-    def _write(self, frame: bytes) -> None:
-        transport: Any = self.transport
-        sock = self._direct_socket
-        if (
-            sock is not None
-            and self.factory.write_through
-            and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
-        ):
-            # Nothing queued: send now rather than register for writability,
-            # wake up and send in the next reactor turn (two epoll_ctl calls
-            # and a loop pass per message when traffic is not bursty).
-            try:
-                sent = sock.send(frame)
-            except OSError:
-                sent = 0  # the transport's own write sees to errors
-            if sent == len(frame):
-                return
-            frame = frame[sent:]
-        transport.write(frame)
+    def _send_message(self, data: bytes) -> bool:
+        """``send_frame`` with the write fast path off."""
+        if self.state != self.STATE_OPEN or self._dropping:
+            return False
+        if self._paused and self._too_far_behind(len(data)):
+            return False
+        self.factory.hub.stats.bytes_out += len(data)
+        self.sendMessage(data)
+        return True
+
+    @property
+    def writes_to_socket(self) -> bool:
+        """Whether messages may go straight to the connection's socket (the
+        write fast path, on a plain TCP or Unix connection)."""
+        return self._direct_socket is not None
 
     def close(self, code: int, reason: str, timeout: float | None = None) -> None:
         """Start the closing handshake; the room hears of it at once."""
@@ -689,7 +662,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         would only cost time. Its reply to a close is not read either, so
         the closing handshake times out and the connection is dropped."""
         self._ignoring_input = True
-        self.data = b""  # Autobahn's buffer: the rest of this read
+        compat.discard_input(self)  # the rest of this read
         self._partial = b""
 
     def sendCloseFrame(
@@ -721,8 +694,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         was written since the transport paused, which is at least as much.
         """
         if self._direct_socket is not None:
-            transport: Any = self.transport
-            return transport._tempDataLen + len(transport.dataBuffer) - transport.offset
+            return compat.queued_bytes(self.transport)
         return self._backlog
 
     def _drop_slow_consumer(self) -> None:
@@ -777,8 +749,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         hub.stats.keepalive_timeouts += 1
         if hub.log_budget.allow("keepalive timeout"):
             _log.info("keepalive timeout {client_id}", client_id=self.client_id)
-        self.wasClean = False
-        self.wasNotCleanReason = "no answer to a keepalive ping"
+        compat.mark_unclean(self, "no answer to a keepalive ping")
         self._drop_quietly(abort=True)  # the line above says it; no warning too
 
     # -- IPushProducer: the transport tells us when the client lags ---------
@@ -799,10 +770,13 @@ class SignalingFactory(WebSocketServerFactory):
 
     ``hub`` is the server's shared state (made with ``clock`` and ``limits``
     when not given); ``clock`` is the time source (the reactor by default);
-    ``trust_proxy`` is how many proxies in front add to X-Forwarded-For.
+    ``trust_proxy`` is how many proxies in front add to X-Forwarded-For;
+    ``fast_paths`` which of the server's fast paths are on (all by default;
+    ``makeService`` gives those that ``signaling.wire.compat.check`` allows).
     """
 
     protocol = SignalingProtocol  # type: ignore[assignment]
+    _fast_paths = ALL_FAST_PATHS
 
     def __init__(
         self,
@@ -811,7 +785,9 @@ class SignalingFactory(WebSocketServerFactory):
         clock: IReactorTime | None = None,
         limits: Limits | None = None,
         trust_proxy: int = 0,
+        fast_paths: FastPaths = ALL_FAST_PATHS,
     ) -> None:
+        self._fast_paths = fast_paths
         super().__init__()
         if hub is None:
             if clock is None:
@@ -826,9 +802,6 @@ class SignalingFactory(WebSocketServerFactory):
         #: sends then is left to the transport to gather (see dataReceived).
         self.write_through = True
         self.trust_proxy = trust_proxy
-        #: Read plain handshakes in one pass (signaling.wire.handshake); False
-        #: leaves every handshake to Autobahn.
-        self.plain_handshakes = True
         self.noisy = False
         #: Where requests for other paths than /connect go (``web.listening_factory``).
         self.http_site: HTTPFallback | None = None
@@ -877,6 +850,16 @@ class SignalingFactory(WebSocketServerFactory):
         self.hide_version = True
         self.server = "signaling"
 
+    @property
+    def fast_paths(self) -> FastPaths:
+        """The fast paths of the connections made from now on."""
+        return self._fast_paths
+
+    @fast_paths.setter
+    def fast_paths(self, paths: FastPaths) -> None:
+        self._fast_paths = paths
+        self._share_options()
+
     def startFactory(self) -> None:
         super().startFactory()
         if self.http_site is not None:
@@ -889,7 +872,7 @@ class SignalingFactory(WebSocketServerFactory):
 
     def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
         """Autobahn's options; connections see them through a protocol class
-        made for this factory.
+        made for this factory (with its fast paths).
 
         Autobahn copies each of its settings that a connection lacks into
         that connection's own attributes as it connects: about thirty per
@@ -905,14 +888,20 @@ class SignalingFactory(WebSocketServerFactory):
 
     def _share_options(self) -> None:
         base = type(self).protocol
-        settings = {
+        attributes: dict[str, Any] = {
             # Functions among them (perMessageCompressionAccept) must not bind.
             name: staticmethod(value) if callable(value) else value
-            for name in base.CONFIG_ATTRS
-            for value in (getattr(self, name),)
+            for name, value in compat.protocol_settings(self).items()
         }
+        # Chosen once here, so that no message tests a switch.
+        fast = attributes["fast_paths"] = self._fast_paths
+        if not fast.read:
+            attributes["dataReceived"] = base._data_received_by_autobahn
+        if not fast.write:
+            attributes["send_frame"] = base._send_message
+            attributes["sendData"] = WebSocketServerProtocol.sendData
         self.protocol = type(  # type: ignore[assignment]
             base.__name__,
             (base,),
-            {**settings, "__module__": base.__module__, "__qualname__": base.__qualname__},
+            {**attributes, "__module__": base.__module__, "__qualname__": base.__qualname__},
         )

@@ -3,37 +3,11 @@
 from __future__ import annotations
 
 import gc
-from typing import Any
-
-import autobahn.twisted.websocket as _autobahn_twisted
-import autobahn.websocket.protocol as _autobahn_protocol
 
 #: Young-generation threshold: collect after this many new container objects
 #: (Python's default is 700). Each connection allocates a few hundred
 #: short-lived objects during its handshake.
 GC_THRESHOLD = (20_000, 20, 100)
-
-
-def _unformatted(value: Any) -> Any:
-    return value
-
-
-def skip_autobahn_debug_formatting() -> None:
-    """Stop Autobahn pretty-printing its settings on every new connection.
-
-    ``WebSocketProtocol._connectionMade`` passes ``pformat(...)`` of about
-    forty settings to a debug log call, so the formatting runs even when
-    debug logging is off; it was a third of the server's cost per
-    connection. The debug line, if enabled, shows the unformatted list.
-    (The module's only other use of pformat is timing reports, which the
-    server never turns on.) ``hltype`` and ``hlval``, which colour names
-    and values for debug lines, get the same treatment: each connection
-    called them a dozen times for lines nobody saw.
-    """
-    _autobahn_protocol.pformat = _unformatted  # type: ignore[assignment]
-    for module in (_autobahn_protocol, _autobahn_twisted):
-        module.hltype = _unformatted  # type: ignore[attr-defined]
-        module.hlval = _unformatted  # type: ignore[attr-defined]
 
 
 def native_speedups() -> dict[str, bool]:
