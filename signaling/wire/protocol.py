@@ -39,6 +39,8 @@ from signaling.wire.handshake import CONNECT_PATH, PlainUpgrade, plain_upgrade
 from signaling.wire.tls import describe_error
 
 _log = ServerLogger()
+#: Where the log budgets say how many lines they held back.
+_BUDGET_LOG = ServerLogger("signaling.logs")
 
 #: Close code for a message too large, or split into too many frames.
 CLOSE_TOO_BIG = 1009
@@ -630,7 +632,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             return False
         if self._paused and self._too_far_behind(len(data)):
             return False
-        self.factory.hub.stats.bytes_out += len(data)
+        self.factory.stats.bytes_out += len(data)
         self._write(text_frame(data))
         return True
 
@@ -640,7 +642,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             return False
         if self._paused and self._too_far_behind(len(data)):
             return False
-        self.factory.hub.stats.bytes_out += len(data)
+        self.factory.stats.bytes_out += len(data)
         self.sendMessage(data)
         return True
 
@@ -794,10 +796,19 @@ class SignalingFactory(WebSocketServerFactory):
                 from twisted.internet import reactor
 
                 clock = cast(IReactorTime, reactor)
-            hub = Hub(clock, limits, log=ServerLogger("signaling.core.session"))
+            hub = Hub(
+                clock,
+                limits,
+                log=ServerLogger("signaling.core.session"),
+                budget_log=_BUDGET_LOG,
+            )
+        elif clock is not None or limits is not None:
+            raise TypeError("give either a hub, or the clock and limits to make one with")
         self.hub = hub
         self.clock = clock = cast(IReactorTime, hub.clock)
         self.limits = limits = hub.limits
+        #: The hub's counters (the same object, one attribute hop fewer).
+        self.stats = hub.stats
         #: Set by a connection while it reads one frame of several: what it
         #: sends then is left to the transport to gather (see dataReceived).
         self.write_through = True
@@ -808,7 +819,7 @@ class SignalingFactory(WebSocketServerFactory):
         #: Caps on connections that are not (yet) WebSockets; see signaling.wire.admission.
         self.admission = Admission(limits, clock, per_address=not trust_proxy)
         #: Bounds the HTTP access log, whose requests clients choose too.
-        self.access_log_budget = LogBudget(clock, limits.access_log_rate, _log)
+        self.access_log_budget = LogBudget(clock, limits.access_log_rate, _BUDGET_LOG)
         #: Leave versions out of the Server header and /healthz (--hide-version).
         self.hide_version = False
         self.setProtocolOptions(
