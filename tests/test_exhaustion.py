@@ -254,6 +254,13 @@ def test_client_that_closes_but_never_reads_is_cut_off(make_server) -> None:
     stalled = RawWebSocket(server.port, rcvbuf=4096)
     stalled.send("join", {"room_id": "r"})
     assert stalled.recv_json()["type"] == "joined"
+    # A small kernel buffer on the server's side too: otherwise the kernel
+    # may take all 2.5 MB and the transport never has to queue any.
+    on_reactor(
+        lambda: server.connection(stalled.id).transport.socket.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+    )
     sender = server.client()
     sender.join("r")
     for _ in range(100):  # 2.5 MB it never reads
