@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 import venv
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.twistd import ROOT, run_once
+from bench.twistd import ROOT, ServerProcess, run_once, source_env
 from signaling.core.limits import Limits, limit_options
 from signaling.ops.tap import Options
 from signaling.wire.tuning import native_speedups
@@ -276,3 +278,22 @@ def test_listen_backlog_reaches_the_kernel(run_twistd) -> None:
         timeout=10,
     ).stdout.split()
     assert listing[0] == "LISTEN" and listing[2] == "77", listing  # Send-Q: the backlog
+
+
+def test_documented_json_logger_writes_one_object_per_line(tmp_path: Path) -> None:
+    """``twistd --logger signaling.logs.json_observer signaling``, as README.rst gives it."""
+    twistd = str(Path(sys.executable).parent / "twistd")
+    argv = [twistd, "--nodaemon", "--pidfile=", "--logger", "signaling.logs.json_observer"]
+    server = ServerProcess(
+        [*argv, "signaling", "--interface", "127.0.0.1", "--port", "0"], tmp_path, source_env()
+    )
+    try:
+        assert_serves(server.port)
+    finally:
+        output = server.stop()
+    records = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert any(
+        r["namespace"] == "signaling.ops.listen" and r["message"].startswith("clients connect to")
+        for r in records
+    ), output
+    assert all({"time", "level", "namespace", "message"} <= set(r) for r in records)
