@@ -454,7 +454,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         offset = 0
         limit = self.factory.limits.max_message_size
         factory = self.factory
-        receive = cast(Session, self.session).receive
+        receive = self.session.receive  # type: ignore[union-attr]  # OPEN: it has one
         try:
             while True:
                 end, is_binary, payload = next_frame(buf, offset, limit)
