@@ -19,6 +19,7 @@ ALLOWED = {
     "core": set(),
     "wire": {"core", "logs"},
     "web": {"core", "wire", "logs"},
+    "backplane": {"core", "logs"},
 }
 #: Libraries the pure layer must not import.
 FRAMEWORKS = ("twisted", "autobahn", "txaio", "OpenSSL", "zope", "prometheus_client")

@@ -1,0 +1,1 @@
+"""Sharing rooms between server processes: the Redis client it runs on."""
