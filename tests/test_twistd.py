@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import venv
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.twistd import ROOT, ServerProcess, run_once, source_env
+from bench.twistd import ROOT, run_once, source_env
 from signaling.core.limits import Limits, limit_options
 from signaling.ops.tap import Options
 from signaling.wire.tuning import native_speedups
@@ -281,19 +282,29 @@ def test_listen_backlog_reaches_the_kernel(run_twistd) -> None:
 
 
 def test_documented_json_logger_writes_one_object_per_line(tmp_path: Path) -> None:
-    """``twistd --logger signaling.logs.json_observer signaling``, as README.rst gives it."""
+    """``twistd --logger signaling.logs.json_observer signaling``, as README.rst
+    gives it: every line on standard output is one JSON object. (Standard
+    error is the interpreter's, e.g. a library's import-time warnings.)"""
     twistd = str(Path(sys.executable).parent / "twistd")
     argv = [twistd, "--nodaemon", "--pidfile=", "--logger", "signaling.logs.json_observer"]
-    server = ServerProcess(
-        [*argv, "signaling", "--interface", "127.0.0.1", "--port", "0"], tmp_path, source_env()
-    )
+    argv += ["signaling", "--interface", "127.0.0.1", "--port", "0"]
+    stdout = tmp_path / "stdout"
+    with stdout.open("wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=tmp_path, env=source_env(), stdout=out, stderr=subprocess.DEVNULL
+        )
     try:
-        assert_serves(server.port)
+        deadline = time.monotonic() + 20
+        while not (found := re.search(rb"starting on (\d+)", stdout.read_bytes())):
+            assert process.poll() is None and time.monotonic() < deadline, stdout.read_text()
+            time.sleep(0.05)
+        assert_serves(int(found.group(1)))
     finally:
-        output = server.stop()
-    records = [json.loads(line) for line in output.splitlines() if line.strip()]
+        process.terminate()
+        process.wait(20)
+    records = [json.loads(line) for line in stdout.read_text().splitlines()]
     assert any(
         r["namespace"] == "signaling.ops.listen" and r["message"].startswith("clients connect to")
         for r in records
-    ), output
+    ), records
     assert all({"time", "level", "namespace", "message"} <= set(r) for r in records)
