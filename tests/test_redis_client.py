@@ -5,7 +5,6 @@ stop and restart."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import uuid
@@ -18,7 +17,8 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 
 from .certs import CertificateAuthority
 from .conftest import on_reactor, wait_for
-from .tools import missing, require_program
+from .redis_servers import SHARED, PrivateRedis, shared_prefix
+from .tools import missing
 from .twistd_process import free_port
 
 try:
@@ -27,7 +27,6 @@ except ImportError as error:  # hiredis is not installed
     backplane = None  # type: ignore[assignment]
     NO_CLIENT = f"{error}: pip install '.[redis]'"
 
-SHARED = ("127.0.0.1", 6379)
 TIMEOUT = 5.0
 
 
@@ -101,16 +100,6 @@ def test_an_error_reply_names_its_kind() -> None:
 # -- helpers -------------------------------------------------------------------
 
 
-def answers(host: str, port: int) -> bool:
-    """Whether something on host:port answers a RESP PING."""
-    try:
-        with socket.create_connection((host, port), timeout=1) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
-
-
 class Events:
     """What a connection's hooks reported."""
 
@@ -164,74 +153,13 @@ def connected(connection: Any, timeout: float = TIMEOUT) -> Any:
 def prefix(reactor_thread: Any) -> Iterator[str]:
     """A prefix for this test's keys and channels on the shared Redis; its keys
     are deleted after the test."""
-    if not answers(*SHARED):
-        missing(f"no Redis answers on {SHARED[0]}:{SHARED[1]}: apt-get install redis-server")
-    name = f"signaling-test:{uuid.uuid4().hex}:"
-    yield name
-    import hiredis
-
-    forget = (
-        "for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do redis.call('DEL', key) end"
-    )
-    reader = hiredis.Reader()
-    with socket.create_connection(SHARED, timeout=TIMEOUT) as sock:
-        for db in (0, 7):
-            sock.sendall(hiredis.pack_command(("SELECT", db)))
-            sock.sendall(hiredis.pack_command(("EVAL", forget, 0, name)))
-        replies: list[Any] = []
-        while len(replies) < 4:
-            reader.feed(sock.recv(4096))
-            while (reply := reader.gets()) is not False:
-                replies.append(reply)
-    assert not [reply for reply in replies if isinstance(reply, Exception)], replies
+    with shared_prefix() as name:
+        yield name
 
 
 @pytest.fixture
 def shared(prefix: str) -> str:
     return f"redis://{SHARED[0]}:{SHARED[1]}/0"
-
-
-class PrivateRedis:
-    """A ``redis-server`` of the test's own on a free port, keeping nothing on disk."""
-
-    def __init__(self, directory: Path, *options: str, tls: bool = False) -> None:
-        self.program = require_program("redis-server", "redis-server")
-        self.directory = directory
-        self.options = options
-        self.tls = tls
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        ports = (
-            ["--port", "0", "--tls-port", str(self.port)]
-            if self.tls
-            else ["--port", str(self.port)]
-        )
-        keep_nothing = ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
-        self.process = subprocess.Popen(
-            [self.program, *ports, "--bind", "127.0.0.1", *keep_nothing, *self.options],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def listening() -> bool:
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", self.port)) == 0
-
-        assert wait_for(listening, TIMEOUT), "redis-server did not start"
-
-    def stop(self) -> None:
-        """Kill it, as a crash would."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(TIMEOUT)
-            self.process = None
-
-    def url(self, credentials: str = "", db: int = 0) -> str:
-        scheme = "rediss://localhost" if self.tls else "redis://127.0.0.1"
-        at = f"{credentials}@" if credentials else ""
-        return f"{scheme.replace('://', '://' + at)}:{self.port}/{db}"
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from signaling.core.rooms import (
 )
 
 from .fakes import FakeMember
+from .redis_rooms import nodes
 
 Outcomes = list[Joined | JoinRefused]
 
@@ -94,17 +95,26 @@ def local_rooms(max_room_size: int, max_rooms: int) -> Iterator[Harness]:
     yield Harness(LocalRooms(max_room_size=max_room_size, max_rooms=max_rooms), lambda: None)
 
 
+@contextlib.contextmanager
+def redis_rooms(max_room_size: int, max_rooms: int) -> Iterator[Harness]:
+    with nodes(1, max_room_size=max_room_size, max_rooms=max_rooms) as [rooms]:
+        yield Harness(rooms, rooms.settle)  # type: ignore[arg-type]
+
+
 #: Makes a harness, given ``max_room_size`` and ``max_rooms`` (0: no bound).
 Implementation = Callable[[int, int], AbstractContextManager[Harness]]
 
 #: Every implementation of the boundary; each test runs against each.
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "local": local_rooms,
+    "redis": redis_rooms,
 }
 
 
 @pytest.fixture(params=list(IMPLEMENTATIONS))
 def implementation(request: pytest.FixtureRequest) -> Implementation:
+    if request.param == "redis":
+        request.getfixturevalue("reactor_thread")
     return IMPLEMENTATIONS[request.param]
 
 

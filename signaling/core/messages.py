@@ -26,6 +26,7 @@ ROOM_FULL = "room_full"
 TOO_MANY_ROOMS = "too_many_rooms"
 RATE_LIMITED = "rate_limited"
 JOIN_TIMEOUT = "join_timeout"
+UNAVAILABLE = "unavailable"
 
 ERROR_CODES = frozenset(
     {
@@ -41,6 +42,7 @@ ERROR_CODES = frozenset(
         TOO_MANY_ROOMS,
         RATE_LIMITED,
         JOIN_TIMEOUT,
+        UNAVAILABLE,
     }
 )
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from signaling.core import messages
-from signaling.core.messages import ALREADY_IN_ROOM, ROOM_FULL, TOO_MANY_ROOMS
+from signaling.core.messages import ALREADY_IN_ROOM, ROOM_FULL, TOO_MANY_ROOMS, UNAVAILABLE
 
 
 class Member(Protocol):
@@ -47,13 +47,15 @@ class Room(Protocol):
 
     def send(self, target_id: str, data: bytes) -> bool:
         """Deliver ``data`` to member ``target_id``; False if that member is
-        not in this process's view of the room."""
+        not in this process's view of the room. Raises
+        :class:`RoomsUnavailable` if the member is on another process that
+        cannot be reached now."""
 
     def member_ids(self) -> list[str]:
         """The ids of the members, in the order they joined."""
 
     def broadcast(self, data: bytes) -> int:
-        """Deliver ``data`` to every member; returns how many."""
+        """Deliver ``data`` to every member that can be reached now; returns how many."""
 
     def __len__(self) -> int: ...
 
@@ -107,6 +109,14 @@ class TooManyRooms(JoinRefused):
     def __init__(self, limit: int) -> None:
         super().__init__("the server has no room for another room")
         self.limit = limit
+
+
+class RoomsUnavailable(JoinRefused):
+    """The rooms cannot do this now (their shared store is unreachable):
+    a join refused, or raised by ``Room.send``/``broadcast`` for a member
+    on another process."""
+
+    code = UNAVAILABLE
 
 
 #: What ``Rooms.join`` calls with its outcome, exactly once.

@@ -16,6 +16,9 @@ candidate                                              unknown_client
 invalid        error (its code)    error               error           ignored
 =============  ==================  ==================  ==============  =======
 
+When rooms span processes (Redis) and their store cannot be reached, a join
+and a relay to a member on another process get ``unavailable`` instead.
+
 Messages over the rate limit get ``rate_limited`` (and, past the strikes,
 the connection closes); binary frames ``unsupported_frame``; text that is
 not UTF-8 closes the connection with 1007.
@@ -32,7 +35,7 @@ from signaling.core.clock import DelayedCall, cancel
 from signaling.core.hub import Hub
 from signaling.core.limits import RateLimiter
 from signaling.core.messages import Join, NotUtf8, ProtocolError, Relay
-from signaling.core.rooms import Joined, JoinRefused, Room
+from signaling.core.rooms import Joined, JoinRefused, Room, RoomsUnavailable
 
 #: Close code for policy violations (rate limit, slow reader, join timeout).
 CLOSE_POLICY = 1008
@@ -262,10 +265,14 @@ class Session:
             )
             return False
         target = message.target
-        if target != self.client_id and room.send(
-            target, messages.relayed(message.type, self.client_id, message.body)
-        ):
-            return True
+        try:
+            if target != self.client_id and room.send(
+                target, messages.relayed(message.type, self.client_id, message.body)
+            ):
+                return True
+        except RoomsUnavailable as e:
+            self.send_error(e.code, e.text, message.type, client_id=target)
+            return False
         self.send_error(
             messages.UNKNOWN_CLIENT,
             "no other client with this id in your room",

@@ -1,0 +1,756 @@
+"""Rooms spanning processes and machines, shared through Redis: :class:`RedisRooms`.
+
+Each process is a *node* with a random id. Membership lives in Redis and
+changes only through the Lua scripts of :mod:`signaling.backplane.scripts`,
+one atomic script per join or leave, each taking the next number of one
+event counter. A script publishes its event to the inbox channel of every
+node with members in the room; a node subscribes to its own inbox alone.
+
+A node keeps, for each room where it holds members, a view of the room
+(member -> node and join number) built from its first member's join reply and
+kept up by the events on its inbox, which arrive in counter order. The
+notices follow one rule: a member hears of an event (``new-client``,
+``leave-client``) exactly when the event's number is above its own join's.
+Replies and inbox messages come on two connections, so an inbox message can
+arrive before the reply of the join it follows; what arrives for a member
+whose join is still pending is held and handed over after its ``joined``.
+
+Relays to a member of this node are delivered at once, with no Redis. Relays
+to another node are queued and published to its inbox once per reactor turn,
+all in one ``PUBLISH`` of length-prefixed records that carry the encoded
+frame; one command connection keeps them in order, and each inbox message is
+delivered in publish order, so per-sender-per-target order holds.
+
+Liveness: each node refreshes a key with a TTL every ``heartbeat`` seconds
+and, as often, declares dead every node whose key has expired, removing its
+members (one atomic script, so one node does it). A node that finds itself
+declared dead (it was frozen, or cut off) closes its members and starts over
+under a new id. While Redis cannot be reached, joins and relays to other
+nodes fail at once with :class:`~signaling.core.rooms.RoomsUnavailable`;
+local relays go on. On reconnection the node re-registers its members
+(``RESYNC``), then compares each room with Redis and tells its members what
+they missed.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from base64 import urlsafe_b64encode
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.python.failure import Failure
+
+from signaling.backplane import scripts
+from signaling.backplane.redis import (
+    RedisAddress,
+    RedisClient,
+    RedisSubscriber,
+    Unavailable,
+)
+from signaling.core import messages
+from signaling.core.clock import Clock, DelayedCall, cancel
+from signaling.core.rooms import (
+    AlreadyInRoom,
+    JoinDone,
+    Joined,
+    Member,
+    RoomFull,
+    RoomsUnavailable,
+    TooManyRooms,
+)
+from signaling.logs import ServerLogger
+
+__all__ = ["DEFAULT_PREFIX", "RedisRoom", "RedisRooms", "RoomsHealth"]
+
+_log = ServerLogger()
+
+DEFAULT_PREFIX = "signaling:"
+#: Header of one relayed frame in an inbox message: target id length, frame
+#: length, target's join number; then the id and the frame.
+_RECORD = struct.Struct(">BIQ")
+_RELAYS = b"R"
+#: Seconds a dead node's id is remembered (so that it cannot come back).
+REMEMBER_DEAD = 86400
+
+
+def new_node_id() -> str:
+    return urlsafe_b64encode(os.urandom(9)).decode()
+
+
+class _Local:
+    """A member this node holds: joined (``number`` set) or joining."""
+
+    __slots__ = ("cancelled", "done", "held", "member", "number", "room_id")
+
+    def __init__(self, member: Member, room_id: str, done: JoinDone) -> None:
+        self.member = member
+        self.room_id = room_id
+        self.done = done
+        #: The join's number in the room's events; None until its reply.
+        self.number: int | None = None
+        #: What arrived before the reply: (is relay, number, frame).
+        self.held: list[tuple[bool, int, bytes]] = []
+        #: Left while joining: undo the join when its reply comes.
+        self.cancelled = False
+
+
+class RedisRoom:
+    """This node's view of one room: every member (on any node) in join order."""
+
+    __slots__ = ("_rooms", "early", "left", "local", "members", "number", "ready", "room_id")
+
+    def __init__(self, rooms: RedisRooms, room_id: str) -> None:
+        self._rooms = rooms
+        self.room_id = room_id
+        #: member id -> (node id, join number), in join order.
+        self.members: dict[str, tuple[str, int]] = {}
+        #: The members this node holds here, joined or joining.
+        self.local: dict[str, _Local] = {}
+        #: The number of the last event applied to ``members``.
+        self.number = 0
+        #: False until the first join reply gives the members.
+        self.ready = False
+        #: Inbox events that came before that reply.
+        self.early: list[list[Any]] = []
+        #: Leaves (member -> number) seen while a comparison with Redis is on its way.
+        self.left: dict[str, int] = {}
+
+    def send(self, target_id: str, data: bytes) -> bool:
+        entry = self.members.get(target_id)
+        if entry is None:
+            return False
+        node, number = entry
+        rooms = self._rooms
+        if node != rooms.node_id:
+            return rooms._relay(node, target_id, number, data)
+        local = rooms._local.get(target_id)
+        if local is None:
+            return False
+        if local.number == number:
+            local.member.deliver(data)
+            return True
+        if local.number is None and not local.cancelled:
+            # Its join's event came back before its reply: hold it.
+            local.held.append((True, number, data))
+            return True
+        return False
+
+    def broadcast(self, data: bytes) -> int:
+        sent = 0
+        for member_id in list(self.members):
+            try:
+                sent += self.send(member_id, data)
+            except RoomsUnavailable:
+                pass
+        return sent
+
+    def member_ids(self) -> list[str]:
+        return list(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __repr__(self) -> str:
+        return f"<RedisRoom {self.room_id!r} members={len(self.members)} local={len(self.local)}>"
+
+
+@dataclass(frozen=True)
+class RoomsHealth:
+    """Whether the rooms can reach Redis, for /healthz and /metrics."""
+
+    ok: bool
+    detail: str
+
+
+class RedisRooms:
+    """Rooms shared through Redis by any number of processes (see the module).
+
+    ``on_evicted`` is called with the members this node held when it finds
+    itself declared dead; they must be disconnected (they are no longer in
+    their rooms). ``heartbeat`` seconds between liveness refreshes and
+    checks; a node is declared dead ``ttl`` seconds after its last refresh.
+    """
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        clock: Clock,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_room_size: int = 0,
+        max_rooms: int = 0,
+        heartbeat: float = 1.0,
+        ttl: float = 5.0,
+        on_evicted: Callable[[list[Member]], object] | None = None,
+        reactor: Any = None,
+        retry_policy: Callable[[int], float] | None = None,
+    ) -> None:
+        self.address = address
+        self.prefix = prefix
+        self.max_room_size = max_room_size
+        self.max_rooms = max_rooms
+        self.heartbeat = heartbeat
+        self.ttl = ttl
+        self.on_evicted = on_evicted
+        self._clock = clock
+        self.node_id = new_node_id()
+        options: dict[str, Any] = {"reactor": reactor if reactor is not None else clock}
+        if retry_policy is not None:
+            options["retry_policy"] = retry_policy
+        self._client = RedisClient(
+            address,
+            on_connected=self._commands_up,
+            on_disconnected=self._commands_down,
+            **options,
+        )
+        self._subscriber = RedisSubscriber(
+            address,
+            on_connected=self._inbox_up,
+            on_disconnected=self._inbox_down,
+            **options,
+        )
+        self._join = self._client.script(scripts.JOIN)
+        self._leave = self._client.script(scripts.LEAVE)
+        self._heartbeat = self._client.script(scripts.HEARTBEAT)
+        self._reap = self._client.script(scripts.REAP)
+        self._unregister = self._client.script(scripts.UNREGISTER)
+        self._resync = self._client.script(scripts.RESYNC)
+        self._snapshot = self._client.script(scripts.SNAPSHOT)
+        self._local: dict[str, _Local] = {}
+        self._views: dict[str, RedisRoom] = {}
+        self._outbox: dict[str, list[bytes]] = {}
+        self._flush_call: DelayedCall | None = None
+        self._beat_call: DelayedCall | None = None
+        self._registered = False
+        self._synced = False
+        #: No reaping before this time: after a (re)connection, every live
+        #: node gets a chance to refresh its key first.
+        self._reap_after = 0.0
+        self._last_beat = 0.0
+        self._stopping = False
+        #: Counters for /metrics.
+        self.relays_published = 0
+        self.relays_lost = 0
+        self.nodes_reaped = 0
+        self.evictions = 0
+        self._prefix_bytes = prefix.encode()
+        self._inbox_channel = self._channel(self.node_id)
+        #: Inbox markers that ``settled`` and the reconciliation wait for.
+        self._markers: dict[bytes, Deferred[None]] = {}
+        self._syncs: dict[bytes, tuple[str, list[Any]]] = {}
+        #: Members whose leave the members here heard of while Redis was
+        #: unreachable: its event, published later, is not news to them.
+        self._left_offline: set[str] = set()
+
+    # -- the Rooms boundary --------------------------------------------------------
+
+    def join(self, room_id: str, member: Member, done: JoinDone) -> None:
+        client_id = member.client_id
+        current = self._local.get(client_id)
+        if current is not None:
+            done(AlreadyInRoom(current.room_id))
+            return
+        if not self.available:
+            done(RoomsUnavailable("the rooms' store cannot be reached; try again shortly"))
+            return
+        local = self._local[client_id] = _Local(member, room_id, done)
+        view = self._views.get(room_id)
+        if view is None:
+            view = self._views[room_id] = RedisRoom(self, room_id)
+        view.local[client_id] = local
+        self._flush()
+        self._client.run_script(
+            self._join,
+            args=(
+                self.prefix,
+                room_id,
+                client_id,
+                self.node_id,
+                self.max_room_size,
+                self.max_rooms,
+            ),
+        ).addCallbacks(
+            self._join_reply, self._join_failed, callbackArgs=(local,), errbackArgs=(local,)
+        )
+
+    def leave(self, member: Member) -> None:
+        client_id = member.client_id
+        local = self._local.pop(client_id, None)
+        if local is None:
+            return
+        view = self._forget(local)
+        if local.number is None:
+            local.cancelled = True  # undone when the join's reply comes
+            return
+        self._send_leave(local.room_id, client_id, view)
+
+    def room(self, room_id: str) -> RedisRoom | None:
+        view = self._views.get(room_id)
+        return view if view is not None and view.ready and view.members else None
+
+    def room_of(self, client_id: str) -> RedisRoom | None:
+        local = self._local.get(client_id)
+        if local is None or local.number is None:
+            return None
+        return self._views.get(local.room_id)
+
+    def rooms(self) -> Iterator[RedisRoom]:
+        return iter([view for view in self._views.values() if view.ready and view.members])
+
+    @property
+    def room_count(self) -> int:
+        """Rooms where this node holds members."""
+        return sum(1 for _ in self.rooms())
+
+    @property
+    def member_count(self) -> int:
+        """Members this node holds."""
+        return sum(1 for local in self._local.values() if local.number is not None)
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Whether joins and relays to other nodes can be served now."""
+        return (
+            self._client.connected
+            and self._subscriber.connected
+            and self._registered
+            and not self._stopping
+        )
+
+    def health(self) -> RoomsHealth:
+        if self._stopping:
+            return RoomsHealth(False, "stopping")
+        if not self._client.connected:
+            return RoomsHealth(False, "no connection to Redis")
+        if not self._subscriber.connected:
+            return RoomsHealth(False, "no subscription to Redis")
+        if not self._registered:
+            return RoomsHealth(False, "registering with Redis")
+        return RoomsHealth(True, "connected to Redis")
+
+    def start(self) -> None:
+        self._client.start()
+        self._subscriber.subscribe(self._inbox_channel, self._inbox).addErrback(lambda _: None)
+        self._subscriber.start()
+        self._schedule_beat()
+
+    def stop(self) -> Deferred[None]:
+        """Remove this node's members from Redis (the rooms hear
+        ``leave-client``) and disconnect."""
+        self._stopping = True
+        cancel(self._beat_call)
+        self._beat_call = None
+        self._flush()
+        done: Deferred[Any]
+        if self._client.connected:
+            done = self._client.run_script(self._unregister, args=(self.prefix, self.node_id))
+            done.addErrback(
+                lambda f: _log.warn(
+                    "Could not remove this node's members from Redis: {error}",
+                    error=f.getErrorMessage(),
+                )
+            )
+        else:
+            done = succeed(None)
+        self._local.clear()
+        self._views.clear()
+
+        def disconnect(_: object) -> Deferred[Any]:
+            return DeferredList([self._client.stop(), self._subscriber.stop()])
+
+        return done.addBoth(disconnect).addBoth(lambda _: None)
+
+    def settled(self) -> Deferred[None]:
+        """Fires once every change started so far has taken effect here
+        (its reply came, and its events came back on the inbox)."""
+        self._flush()
+        marker: Deferred[None] = Deferred()
+        token = b"M" + os.urandom(8)
+        self._markers[token] = marker
+
+        def not_published(failure: Failure) -> None:
+            self._markers.pop(token, None)
+            marker.errback(failure)
+
+        published: Deferred[Any] = self._client.publish(self._inbox_channel, token)
+        published.addErrback(not_published)
+        # The reply: every command before it has been answered; the marker:
+        # every event published before it has arrived.
+        both: list[Deferred[Any]] = [published, marker]
+        return gatherResults(both, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- relays ----------------------------------------------------------------------
+
+    def _relay(self, node: str, target_id: str, number: int, data: bytes) -> bool:
+        if not self._client.connected or self._stopping:
+            raise RoomsUnavailable("the server of this client cannot be reached; try again shortly")
+        box = self._outbox.get(node)
+        if box is None:
+            box = self._outbox[node] = [_RELAYS]
+        target = target_id.encode()
+        box.append(_RECORD.pack(len(target), len(data), number))
+        box.append(target)
+        box.append(data)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+        return True
+
+    def _flush(self) -> None:
+        """Publish the relays queued for other nodes, one message per node."""
+        cancel(self._flush_call)
+        self._flush_call = None
+        if not self._outbox:
+            return
+        boxes, self._outbox = self._outbox, {}
+        for node, parts in boxes.items():
+            count = (len(parts) - 1) // 3
+            self._client.publish(self._channel(node), b"".join(parts)).addCallbacks(
+                self._published,
+                self._not_published,
+                callbackArgs=(count, node),
+                errbackArgs=(count, node),
+            )
+
+    def _published(self, receivers: int, count: int, node: str) -> None:
+        if receivers:
+            self.relays_published += count
+        else:
+            # The node is gone (its members are about to be removed).
+            self.relays_lost += count
+
+    def _not_published(self, failure: Failure, count: int, node: str) -> None:
+        self.relays_lost += count
+        _log.warn(
+            "{count} relayed messages to node {node} may be lost: {error}",
+            count=count,
+            node=node,
+            error=failure.getErrorMessage(),
+        )
+
+    def _channel(self, node: str) -> bytes:
+        return self._prefix_bytes + b"inbox:" + node.encode()
+
+    # -- the inbox -----------------------------------------------------------------
+
+    def _inbox(self, message: bytes) -> None:
+        kind = message[:1]
+        if kind == _RELAYS:
+            self._relays_received(message)
+        elif kind == b"[":
+            self._event(orjson.loads(message))
+        elif kind == b"M":
+            marker = self._markers.pop(message, None)
+            if marker is not None:
+                marker.callback(None)
+        elif kind == b"S":
+            self._sync_arrived(message)
+
+    def _relays_received(self, message: bytes) -> None:
+        local = self._local
+        offset, end = 1, len(message)
+        unpack = _RECORD.unpack_from
+        size = _RECORD.size
+        while offset < end:
+            target_length, frame_length, number = unpack(message, offset)
+            offset += size
+            target = message[offset : offset + target_length].decode()
+            offset += target_length
+            frame = message[offset : offset + frame_length]
+            offset += frame_length
+            entry = local.get(target)
+            if entry is None:
+                continue  # it has left; the sender hears leave-client
+            if entry.number == number:
+                entry.member.deliver(frame)
+            elif entry.number is None:
+                entry.held.append((True, number, frame))
+
+    def _event(self, event: list[Any]) -> None:
+        view = self._views.get(event[1])
+        if view is None:
+            return
+        if not view.ready:
+            view.early.append(event)
+            return
+        self._apply(view, event)
+
+    def _apply(self, view: RedisRoom, event: list[Any]) -> None:
+        kind, _, number, member_id = event[0], event[1], event[2], event[3]
+        joining = kind == "j"
+        if not joining and member_id in self._left_offline:
+            self._left_offline.discard(member_id)
+            return
+        if number > view.number:
+            view.number = number
+            if not joining:
+                view.members.pop(member_id, None)
+                if self._syncs:
+                    view.left[member_id] = number
+            elif event[4] != self.node_id or member_id in view.local:
+                view.members[member_id] = (event[4], number)
+        frame = messages.new_client(member_id) if joining else messages.leave_client(member_id)
+        self._notify(view, member_id, number, frame)
+
+    def _notify(self, view: RedisRoom, member_id: str, number: int, frame: bytes) -> None:
+        """Tell the members here that joined before event ``number``."""
+        for local in list(view.local.values()):
+            if local.member.client_id == member_id:
+                continue
+            if local.number is None:
+                local.held.append((False, number, frame))
+            elif local.number < number:
+                local.member.deliver(frame)
+
+    # -- joins and leaves ------------------------------------------------------------
+
+    def _join_reply(self, reply: list[Any], local: _Local) -> None:
+        status = reply[0]
+        if status != b"ok":
+            self._forget(local)
+            if self._local.get(local.member.client_id) is local:
+                del self._local[local.member.client_id]
+            refused = (
+                RoomFull(self.max_room_size)
+                if status == b"room_full"
+                else TooManyRooms(self.max_rooms)
+            )
+            local.done(refused)
+            return
+        number = int(reply[1])
+        before = [
+            (reply[i].decode(), int(reply[i + 1]), reply[i + 2].decode())
+            for i in range(2, len(reply), 3)
+        ]
+        existing = [member_id for member_id, _, _ in before]
+        client_id = local.member.client_id
+        if local.cancelled:
+            self._send_leave(local.room_id, client_id, self._views.get(local.room_id))
+            local.done(Joined(RedisRoom(self, local.room_id), existing))
+            return
+        view = self._views[local.room_id]
+        if not view.ready:
+            view.members = {m: (node, n) for m, n, node in before}
+            view.members[client_id] = (self.node_id, number)
+            view.number = number
+            view.ready = True
+            early, view.early = view.early, []
+            for event in early:
+                self._apply(view, event)
+        elif client_id not in view.members:
+            view.members[client_id] = (self.node_id, number)
+        local.number = number
+        held, local.held = local.held, []
+        local.done(Joined(view, existing))
+        member = local.member
+        for is_relay, at, frame in held:
+            if self._local.get(client_id) is not local:
+                break  # it left in the meantime
+            if at == number if is_relay else at > number:
+                member.deliver(frame)
+
+    def _join_failed(self, failure: Failure, local: _Local) -> None:
+        self._forget(local)
+        if self._local.get(local.member.client_id) is local:
+            del self._local[local.member.client_id]
+        if failure.check(Unavailable):
+            refused = RoomsUnavailable("the rooms' store cannot be reached; try again shortly")
+        else:
+            _log.failure("A join failed in Redis", failure)
+            refused = RoomsUnavailable("the rooms' store refused the join")
+        local.done(refused)
+
+    def _forget(self, local: _Local) -> RedisRoom | None:
+        """Take ``local`` out of its room's view; drop a view left with no member here."""
+        view = self._views.get(local.room_id)
+        if view is None:
+            return None
+        client_id = local.member.client_id
+        if view.local.get(client_id) is local:
+            del view.local[client_id]
+            view.members.pop(client_id, None)
+        if not view.local:
+            del self._views[local.room_id]
+        return view
+
+    def _send_leave(self, room_id: str, client_id: str, view: RedisRoom | None) -> None:
+        self._flush()
+        if self._client.connected:
+            self._client.run_script(self._leave, args=(self.prefix, room_id, client_id)).addErrback(
+                self._leave_failed, client_id, view
+            )
+        else:
+            self._leave_failed(None, client_id, view)
+
+    def _leave_failed(
+        self, failure: Failure | None, client_id: str, view: RedisRoom | None
+    ) -> None:
+        # Redis will hear of it on reconnection (RESYNC); the members here now.
+        if view is not None and view.local:
+            self._left_offline.add(client_id)
+            frame = messages.leave_client(client_id)
+            for local in list(view.local.values()):
+                if local.number is not None:
+                    local.member.deliver(frame)
+
+    # -- connection, liveness, recovery ----------------------------------------------
+
+    def _commands_up(self) -> None:
+        self._registered = False
+        self._reap_after = self._clock.seconds() + 2 * self.ttl
+        self._beat()
+
+    def _commands_down(self) -> None:
+        self._registered = False
+        self._synced = False
+        _log.warn("Rooms on other processes are unreachable until Redis is back")
+
+    def _inbox_up(self) -> None:
+        if self._registered:
+            self._reconcile_all()
+
+    def _inbox_down(self) -> None:
+        pass
+
+    def _schedule_beat(self) -> None:
+        if not self._stopping:
+            self._beat_call = self._clock.callLater(self.heartbeat, self._tick)
+
+    def _tick(self) -> None:
+        self._beat_call = None
+        if self._client.connected:
+            self._beat()
+        self._schedule_beat()
+
+    def _beat(self) -> None:
+        ttl_ms = int(self.ttl * 1000)
+        self._client.run_script(
+            self._heartbeat, args=(self.prefix, self.node_id, ttl_ms)
+        ).addCallbacks(self._beaten, self._beat_failed)
+
+    def _beaten(self, alive: int) -> None:
+        if self._stopping:
+            return
+        self._last_beat = self._clock.seconds()
+        if not alive:
+            self._evicted()
+            return
+        if not self._registered:
+            self._register()
+        elif self._clock.seconds() >= self._reap_after:
+            self._client.run_script(
+                self._reap, args=(self.prefix, self.node_id, REMEMBER_DEAD)
+            ).addCallbacks(self._reaped, self._beat_failed)
+
+    def _beat_failed(self, failure: Failure) -> None:
+        if not failure.check(Unavailable):
+            _log.failure("A liveness check failed in Redis", failure)
+
+    def _reaped(self, reply: list[Any]) -> None:
+        for i in range(0, len(reply), 2):
+            self.nodes_reaped += 1
+            _log.warn(
+                "Node {node} stopped refreshing its liveness key: declared dead,"
+                " {count} of its members removed",
+                node=reply[i].decode(),
+                count=reply[i + 1],
+            )
+
+    def _register(self) -> None:
+        """After a (re)connection: make Redis hold exactly this node's members."""
+        held: list[Any] = []
+        for client_id, local in self._local.items():
+            if local.number is not None:
+                held.extend((client_id, local.room_id, local.number))
+        self._client.run_script(self._resync, args=(self.prefix, self.node_id, *held)).addCallbacks(
+            self._registered_now, self._beat_failed
+        )
+
+    def _registered_now(self, reply: list[Any]) -> None:
+        removed, restored = reply
+        first = not self._synced
+        self._registered = self._synced = True
+        if removed or restored:
+            _log.info(
+                "Re-registered with Redis: {restored} members put back, {removed} removed",
+                restored=restored,
+                removed=removed,
+            )
+        if self._views and first:
+            # Once every live node has had its chance to re-register.
+            self._clock.callLater(self.ttl + self.heartbeat, self._reconcile_all)
+        if self._views:
+            self._reconcile_all()
+
+    def _evicted(self) -> None:
+        """This node was declared dead: its members are out of their rooms."""
+        self.evictions += 1
+        members = [local.member for local in self._local.values()]
+        _log.error(
+            "This node ({node}) was declared dead (it stopped refreshing its liveness"
+            " key for {ttl:g} s); closing its {count} members and starting over",
+            node=self.node_id,
+            ttl=self.ttl,
+            count=len(members),
+        )
+        self._local.clear()
+        self._views.clear()
+        self._outbox.clear()
+        self._subscriber.unsubscribe(self._inbox_channel).addErrback(lambda _: None)
+        self.node_id = new_node_id()
+        self._inbox_channel = self._channel(self.node_id)
+        self._registered = False
+        self._subscriber.subscribe(self._inbox_channel, self._inbox).addErrback(lambda _: None)
+        if self.on_evicted is not None:
+            self.on_evicted(members)
+        self._beat()
+
+    def _reconcile_all(self) -> None:
+        for room_id, view in list(self._views.items()):
+            if view.ready:
+                self._client.run_script(self._snapshot, args=(self.prefix, room_id)).addCallbacks(
+                    self._snapshot_taken, self._beat_failed, callbackArgs=(room_id,)
+                )
+
+    def _snapshot_taken(self, reply: list[Any], room_id: str) -> None:
+        # Compared when it comes back on the inbox, after every event before it.
+        token = b"S" + os.urandom(8)
+        self._syncs[token] = (room_id, reply)
+        self._client.publish(self._inbox_channel, token).addErrback(
+            lambda _: self._syncs.pop(token, None)
+        )
+
+    def _sync_arrived(self, token: bytes) -> None:
+        entry = self._syncs.pop(token, None)
+        if entry is None:
+            return
+        room_id, reply = entry
+        view = self._views.get(room_id)
+        if view is None or not view.ready:
+            return
+        counter = int(reply[0])
+        snapshot = {
+            reply[i].decode(): (reply[i + 2].decode(), int(reply[i + 1]))
+            for i in range(1, len(reply), 3)
+        }
+        for member_id, (node, number) in list(view.members.items()):
+            if node == self.node_id or member_id in snapshot or number > counter:
+                continue
+            del view.members[member_id]
+            self._notify(view, member_id, counter + 1, messages.leave_client(member_id))
+        for member_id, (node, number) in snapshot.items():
+            if node == self.node_id or member_id in view.members:
+                continue
+            if view.left.get(member_id, 0) > counter:
+                continue  # it left after the snapshot
+            view.members[member_id] = (node, number)
+            self._notify(view, member_id, number, messages.new_client(member_id))
+        view.number = max(view.number, counter)
+        if not self._syncs:
+            view.left.clear()

@@ -1,0 +1,225 @@
+"""The Lua scripts that change room membership in Redis, each atomic.
+
+Every script takes the key prefix as ``ARGV[1]``. Keys (``P`` is the prefix):
+
+- ``P seq``: the event counter; every join and leave takes the next number;
+- ``P rooms``: the set of room ids;
+- ``P room:R``: the members of room R, a sorted set scored by join number;
+- ``P room:R:nodes``: hash, member -> the node (process) that holds it;
+- ``P node:N``: hash, member -> room, of node N (what to remove if N dies);
+- ``P nodes``: the set of live nodes; ``P node:N:alive``: a key with a TTL
+  that node N refreshes; ``P node:N:dead``: set when N was declared dead.
+
+Each change is published, as a JSON array, to the inbox channel
+``P inbox:N`` of every node with members in the room after it:
+``["j", room, number, member, node]`` for a join, ``["l", room, number,
+member]`` for a leave. Inboxes also carry relayed frames (see rooms.py).
+"""
+
+from __future__ import annotations
+
+_COMMON = b"""
+local P = ARGV[1]
+
+local function publish_room(room, event)
+  local seen = {}
+  for _, node in ipairs(redis.call('HVALS', P .. 'room:' .. room .. ':nodes')) do
+    if not seen[node] then
+      seen[node] = true
+      redis.call('PUBLISH', P .. 'inbox:' .. node, event)
+    end
+  end
+end
+
+local function remove(room, member)
+  local key = P .. 'room:' .. room
+  local node = redis.call('HGET', key .. ':nodes', member)
+  if redis.call('ZREM', key, member) == 0 then
+    return false
+  end
+  redis.call('HDEL', key .. ':nodes', member)
+  if node then
+    redis.call('HDEL', P .. 'node:' .. node, member)
+  end
+  local number = redis.call('INCR', P .. 'seq')
+  if redis.call('ZCARD', key) == 0 then
+    redis.call('DEL', key, key .. ':nodes')
+    redis.call('SREM', P .. 'rooms', room)
+  else
+    publish_room(room, cjson.encode({'l', room, number, member}))
+  end
+  return number
+end
+
+local function reap(node)
+  local index = redis.call('HGETALL', P .. 'node:' .. node)
+  for i = 1, #index, 2 do
+    remove(index[i + 1], index[i])
+  end
+  redis.call('DEL', P .. 'node:' .. node, P .. 'node:' .. node .. ':alive')
+  redis.call('SREM', P .. 'nodes', node)
+  return #index / 2
+end
+"""
+
+#: ARGV: prefix, room, member, node, max room size, max rooms (0: no bound).
+#: Returns ``{"ok", number, member, number, node, ...}`` (the members before,
+#: in join order), ``{"room_full"}`` or ``{"too_many_rooms"}``.
+JOIN = (
+    _COMMON
+    + b"""
+local room, member, node = ARGV[2], ARGV[3], ARGV[4]
+local max_size, max_rooms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local key = P .. 'room:' .. room
+local size = redis.call('ZCARD', key)
+if size == 0 then
+  if max_rooms > 0 and redis.call('SCARD', P .. 'rooms') >= max_rooms then
+    return {'too_many_rooms'}
+  end
+elseif max_size > 0 and size >= max_size then
+  return {'room_full'}
+end
+local number = redis.call('INCR', P .. 'seq')
+local reply = {'ok', number}
+if size > 0 then
+  local before = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local ids = {}
+  for i = 1, #before, 2 do
+    ids[#ids + 1] = before[i]
+  end
+  local nodes = redis.call('HMGET', key .. ':nodes', unpack(ids))
+  for i = 1, #ids do
+    reply[#reply + 1] = ids[i]
+    reply[#reply + 1] = before[2 * i]
+    reply[#reply + 1] = nodes[i] or ''
+  end
+end
+redis.call('ZADD', key, number, member)
+redis.call('HSET', key .. ':nodes', member, node)
+redis.call('HSET', P .. 'node:' .. node, member, room)
+redis.call('SADD', P .. 'rooms', room)
+publish_room(room, cjson.encode({'j', room, number, member, node}))
+return reply
+"""
+)
+
+#: ARGV: prefix, room, member. Returns the leave's number, or nil if the
+#: member was not in the room.
+LEAVE = (
+    _COMMON
+    + b"""
+local number = remove(ARGV[2], ARGV[3])
+if number then
+  return number
+end
+return nil
+"""
+)
+
+#: ARGV: prefix, node, TTL in milliseconds. Refreshes the node's liveness;
+#: returns 0 if the node was declared dead (it must start over), else 1.
+HEARTBEAT = b"""
+local P, node = ARGV[1], ARGV[2]
+if redis.call('EXISTS', P .. 'node:' .. node .. ':dead') == 1 then
+  return 0
+end
+redis.call('SET', P .. 'node:' .. node .. ':alive', '1', 'PX', ARGV[3])
+redis.call('SADD', P .. 'nodes', node)
+return 1
+"""
+
+#: ARGV: prefix, this node, seconds to remember a dead node. Declares dead
+#: every other node whose liveness key has expired, and removes its members
+#: (each room hears ``leave-client``). Returns ``{node, members, ...}``.
+REAP = (
+    _COMMON
+    + b"""
+local me, remember = ARGV[2], ARGV[3]
+local reaped = {}
+for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  if node ~= me and redis.call('EXISTS', P .. 'node:' .. node .. ':alive') == 0 then
+    local count = reap(node)
+    redis.call('SET', P .. 'node:' .. node .. ':dead', '1', 'EX', remember)
+    reaped[#reaped + 1] = node
+    reaped[#reaped + 1] = count
+  end
+end
+return reaped
+"""
+)
+
+#: ARGV: prefix, node. A clean exit: removes the node's members and keys.
+UNREGISTER = (
+    _COMMON
+    + b"""
+return reap(ARGV[2])
+"""
+)
+
+#: ARGV: prefix, node, then (member, room, number) for each member the node
+#: holds. Makes Redis agree with the node after an outage: members of the
+#: node that it no longer holds are removed (their rooms hear of it), those
+#: missing (Redis restarted empty) are put back under their old numbers.
+#: Returns how many were removed and how many put back.
+RESYNC = (
+    _COMMON
+    + b"""
+local node = ARGV[2]
+local index_key = P .. 'node:' .. node
+local held = {}
+for i = 3, #ARGV, 3 do
+  held[ARGV[i]] = ARGV[i + 1]
+end
+local removed, restored, highest = 0, 0, 0
+local index = redis.call('HGETALL', index_key)
+for i = 1, #index, 2 do
+  if held[index[i]] ~= index[i + 1] then
+    if remove(index[i + 1], index[i]) then
+      removed = removed + 1
+    end
+    redis.call('HDEL', index_key, index[i])
+  end
+end
+for i = 3, #ARGV, 3 do
+  local member, room, number = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local key = P .. 'room:' .. room
+  if not redis.call('ZSCORE', key, member) then
+    redis.call('ZADD', key, number, member)
+    redis.call('HSET', key .. ':nodes', member, node)
+    redis.call('SADD', P .. 'rooms', room)
+    restored = restored + 1
+  end
+  redis.call('HSET', index_key, member, room)
+  if number > highest then
+    highest = number
+  end
+end
+if tonumber(redis.call('GET', P .. 'seq') or '0') < highest then
+  redis.call('SET', P .. 'seq', highest)
+end
+return {removed, restored}
+"""
+)
+
+#: ARGV: prefix, room. Returns ``{counter, member, number, node, ...}``: the
+#: event counter now, and the room's members in join order.
+SNAPSHOT = b"""
+local P, room = ARGV[1], ARGV[2]
+local key = P .. 'room:' .. room
+local reply = {redis.call('GET', P .. 'seq') or '0'}
+local members = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+if #members == 0 then
+  return reply
+end
+local ids = {}
+for i = 1, #members, 2 do
+  ids[#ids + 1] = members[i]
+end
+local nodes = redis.call('HMGET', key .. ':nodes', unpack(ids))
+for i = 1, #ids do
+  reply[#reply + 1] = ids[i]
+  reply[#reply + 1] = members[2 * i]
+  reply[#reply + 1] = nodes[i] or ''
+end
+return reply
+"""
