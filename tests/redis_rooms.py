@@ -94,15 +94,22 @@ def require_redis_rooms() -> None:
 
 
 @contextlib.contextmanager
-def nodes(count: int, url: str = SHARED_URL, **options: Any) -> Iterator[list[RoomsOnReactor]]:
+def nodes(
+    count: int, url: str = SHARED_URL, clocks: list[Any] | None = None, **options: Any
+) -> Iterator[list[RoomsOnReactor]]:
     """``count`` RedisRooms (nodes) sharing a fresh prefix, started and
-    registered; stopped after."""
+    registered; stopped after. ``clocks``: each node's clock for its timers
+    (the reactor unless given); connections always use the reactor."""
     require_redis_rooms()
     with shared_prefix() as prefix:
         options.setdefault("retry_policy", lambda attempt: 0.05)
         made = [
-            on_reactor(lambda: RedisRooms(parse_url(url), reactor, prefix=prefix, **options))
-            for _ in range(count)
+            on_reactor(
+                lambda clock=clock: RedisRooms(
+                    parse_url(url), clock, prefix=prefix, reactor=reactor, **options
+                )
+            )
+            for clock in (clocks or [reactor] * count)
         ]
         try:
             for rooms in made:

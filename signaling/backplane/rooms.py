@@ -38,10 +38,10 @@ import os
 import struct
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.python.failure import Failure
 
@@ -60,12 +60,13 @@ from signaling.core.rooms import (
     Joined,
     Member,
     RoomFull,
+    RoomsHealth,
     RoomsUnavailable,
     TooManyRooms,
 )
 from signaling.logs import ServerLogger
 
-__all__ = ["DEFAULT_PREFIX", "RedisRoom", "RedisRooms", "RoomsHealth"]
+__all__ = ["DEFAULT_PREFIX", "RedisRoom", "RedisRooms", "RedisRoomsService"]
 
 _log = ServerLogger()
 
@@ -159,14 +160,6 @@ class RedisRoom:
         return f"<RedisRoom {self.room_id!r} members={len(self.members)} local={len(self.local)}>"
 
 
-@dataclass(frozen=True)
-class RoomsHealth:
-    """Whether the rooms can reach Redis, for /healthz and /metrics."""
-
-    ok: bool
-    detail: str
-
-
 class RedisRooms:
     """Rooms shared through Redis by any number of processes (see the module).
 
@@ -226,6 +219,7 @@ class RedisRooms:
         self._outbox: dict[str, list[bytes]] = {}
         self._flush_call: DelayedCall | None = None
         self._beat_call: DelayedCall | None = None
+        self._reconcile_call: DelayedCall | None = None
         self._registered = False
         self._synced = False
         #: No reaping before this time: after a (re)connection, every live
@@ -238,6 +232,9 @@ class RedisRooms:
         self.relays_lost = 0
         self.nodes_reaped = 0
         self.evictions = 0
+        #: Rooms and live nodes in the whole cluster, as of the last heartbeat.
+        self.cluster_rooms = 0
+        self.cluster_nodes = 0
         self._prefix_bytes = prefix.encode()
         self._inbox_channel = self._channel(self.node_id)
         #: Inbox markers that ``settled`` and the reconciliation wait for.
@@ -335,6 +332,17 @@ class RedisRooms:
             return RoomsHealth(False, "registering with Redis")
         return RoomsHealth(True, "connected to Redis")
 
+    def counters(self) -> dict[str, int]:
+        return {
+            "backplane_up": int(self.available),
+            "cluster_rooms": self.cluster_rooms,
+            "cluster_nodes": self.cluster_nodes,
+            "relays_published": self.relays_published,
+            "relays_lost": self.relays_lost,
+            "nodes_reaped": self.nodes_reaped,
+            "evictions": self.evictions,
+        }
+
     def start(self) -> None:
         self._client.start()
         self._subscriber.subscribe(self._inbox_channel, self._inbox).addErrback(lambda _: None)
@@ -346,7 +354,8 @@ class RedisRooms:
         ``leave-client``) and disconnect."""
         self._stopping = True
         cancel(self._beat_call)
-        self._beat_call = None
+        cancel(self._reconcile_call)
+        self._beat_call = self._reconcile_call = None
         self._flush()
         done: Deferred[Any]
         if self._client.connected:
@@ -612,7 +621,8 @@ class RedisRooms:
         _log.warn("Rooms on other processes are unreachable until Redis is back")
 
     def _inbox_up(self) -> None:
-        if self._registered:
+        # Events published while the subscription was down are lost.
+        if self._registered and self._reconcile_call is None:
             self._reconcile_all()
 
     def _inbox_down(self) -> None:
@@ -634,9 +644,10 @@ class RedisRooms:
             self._heartbeat, args=(self.prefix, self.node_id, ttl_ms)
         ).addCallbacks(self._beaten, self._beat_failed)
 
-    def _beaten(self, alive: int) -> None:
+    def _beaten(self, reply: list[int]) -> None:
         if self._stopping:
             return
+        alive, self.cluster_rooms, self.cluster_nodes = reply
         self._last_beat = self._clock.seconds()
         if not alive:
             self._evicted()
@@ -668,9 +679,13 @@ class RedisRooms:
         for client_id, local in self._local.items():
             if local.number is not None:
                 held.extend((client_id, local.room_id, local.number))
-        self._client.run_script(self._resync, args=(self.prefix, self.node_id, *held)).addCallbacks(
-            self._registered_now, self._beat_failed
-        )
+        # Redis restarted empty must not number events below those seen here.
+        seen = 0
+        for view in self._views.values():
+            seen = max(seen, view.number, *(number for _, number in view.members.values()))
+        self._client.run_script(
+            self._resync, args=(self.prefix, self.node_id, seen, *held)
+        ).addCallbacks(self._registered_now, self._beat_failed)
 
     def _registered_now(self, reply: list[Any]) -> None:
         removed, restored = reply
@@ -682,11 +697,17 @@ class RedisRooms:
                 restored=restored,
                 removed=removed,
             )
-        if self._views and first:
-            # Once every live node has had its chance to re-register.
-            self._clock.callLater(self.ttl + self.heartbeat, self._reconcile_all)
-        if self._views:
-            self._reconcile_all()
+        if first:
+            # Compare the rooms with Redis once every live node has had its
+            # chance to re-register (after Redis restarted empty, a member
+            # not yet put back by its node is not gone).
+            cancel(self._reconcile_call)
+            self._reconcile_call = self._clock.callLater(2 * self.ttl, self._reconcile_late)
+
+    def _reconcile_late(self) -> None:
+        self._reconcile_call = None
+        self._left_offline.clear()
+        self._reconcile_all()
 
     def _evicted(self) -> None:
         """This node was declared dead: its members are out of their rooms."""
@@ -754,3 +775,19 @@ class RedisRooms:
         view.number = max(view.number, counter)
         if not self._syncs:
             view.left.clear()
+
+
+class RedisRoomsService(Service):
+    """Starts the rooms' connections; on stop, removes this node's members
+    from Redis and disconnects."""
+
+    def __init__(self, rooms: RedisRooms) -> None:
+        self.rooms = rooms
+
+    def startService(self) -> None:
+        super().startService()
+        self.rooms.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.rooms.stop()

@@ -116,16 +116,18 @@ return nil
 """
 )
 
-#: ARGV: prefix, node, TTL in milliseconds. Refreshes the node's liveness;
-#: returns 0 if the node was declared dead (it must start over), else 1.
+#: ARGV: prefix, node, TTL in milliseconds. Refreshes the node's liveness.
+#: Returns ``{alive, rooms, nodes}``: alive is 0 if the node was declared dead
+#: (it must start over), then the number of rooms and of live nodes.
 HEARTBEAT = b"""
 local P, node = ARGV[1], ARGV[2]
-if redis.call('EXISTS', P .. 'node:' .. node .. ':dead') == 1 then
-  return 0
+local alive = 0
+if redis.call('EXISTS', P .. 'node:' .. node .. ':dead') == 0 then
+  redis.call('SET', P .. 'node:' .. node .. ':alive', '1', 'PX', ARGV[3])
+  redis.call('SADD', P .. 'nodes', node)
+  alive = 1
 end
-redis.call('SET', P .. 'node:' .. node .. ':alive', '1', 'PX', ARGV[3])
-redis.call('SADD', P .. 'nodes', node)
-return 1
+return {alive, redis.call('SCARD', P .. 'rooms'), redis.call('SCARD', P .. 'nodes')}
 """
 
 #: ARGV: prefix, this node, seconds to remember a dead node. Declares dead
@@ -156,10 +158,11 @@ return reap(ARGV[2])
 """
 )
 
-#: ARGV: prefix, node, then (member, room, number) for each member the node
-#: holds. Makes Redis agree with the node after an outage: members of the
-#: node that it no longer holds are removed (their rooms hear of it), those
-#: missing (Redis restarted empty) are put back under their old numbers.
+#: ARGV: prefix, node, the highest event number the node has seen, then
+#: (member, room, number) for each member the node holds. Makes Redis agree
+#: with the node after an outage: members of the node that it no longer holds
+#: are removed (their rooms hear of it), those missing (Redis restarted
+#: empty) are put back under their old numbers.
 #: Returns how many were removed and how many put back.
 RESYNC = (
     _COMMON
@@ -167,10 +170,10 @@ RESYNC = (
 local node = ARGV[2]
 local index_key = P .. 'node:' .. node
 local held = {}
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   held[ARGV[i]] = ARGV[i + 1]
 end
-local removed, restored, highest = 0, 0, 0
+local removed, restored, highest = 0, 0, tonumber(ARGV[3])
 local index = redis.call('HGETALL', index_key)
 for i = 1, #index, 2 do
   if held[index[i]] ~= index[i + 1] then
@@ -180,7 +183,7 @@ for i = 1, #index, 2 do
     redis.call('HDEL', index_key, index[i])
   end
 end
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local member, room, number = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local key = P .. 'room:' .. room
   if not redis.call('ZSCORE', key, member) then

@@ -55,6 +55,9 @@ class Hub:
         self.closed_messages_in = 0
         self.closed_messages_out = 0
         self.draining = False
+        #: /healthz's status while the rooms are degraded (200, or 503 for
+        #: load balancers to send new clients elsewhere).
+        self.degraded_status = 200
         #: Bounds the log lines that clients can cause.
         self.log_budget = LogBudget(
             clock, limits.client_log_rate, budget_log if budget_log is not None else self.log

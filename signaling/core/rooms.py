@@ -119,6 +119,18 @@ class RoomsUnavailable(JoinRefused):
     code = UNAVAILABLE
 
 
+@dataclass(frozen=True, slots=True)
+class RoomsHealth:
+    """Whether the rooms can serve joins and relays everywhere now; ``detail``
+    says why not (``/healthz``)."""
+
+    ok: bool
+    detail: str
+
+
+HEALTHY = RoomsHealth(True, "in memory")
+
+
 #: What ``Rooms.join`` calls with its outcome, exactly once.
 JoinDone = Callable[["Joined | JoinRefused"], None]
 
@@ -154,6 +166,12 @@ class Rooms(Protocol):
 
     @property
     def member_count(self) -> int: ...
+
+    def health(self) -> RoomsHealth:
+        """Whether joins and relays can be served everywhere now."""
+
+    def counters(self) -> dict[str, int]:
+        """The implementation's own figures, for ``/metrics``."""
 
 
 class LocalRoom:
@@ -258,3 +276,9 @@ class LocalRooms:
     @property
     def member_count(self) -> int:
         return len(self._room_of)
+
+    def health(self) -> RoomsHealth:
+        return HEALTHY
+
+    def counters(self) -> dict[str, int]:
+        return {}

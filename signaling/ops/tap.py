@@ -151,6 +151,29 @@ class Options(usage.Options):
         # One row for each limit, from its field of Limits.
         *([o.name, None, o.default, o.help, o.parse] for o in limit_options()),
         [
+            "redis",
+            None,
+            None,
+            "Share rooms with every server process using this Redis: "
+            "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS). "
+            "Unset: rooms are in this process's memory alone.",
+        ],
+        [
+            "redis-prefix",
+            None,
+            "signaling:",
+            "Prefix of the Redis keys and channels (one cluster per prefix).",
+        ],
+        [
+            "node-timeout",
+            None,
+            5.0,
+            "With --redis: seconds after which a server process that stopped "
+            "refreshing its liveness key is declared dead and its clients are "
+            "removed from their rooms (it refreshes every fifth of this).",
+            parse_seconds,
+        ],
+        [
             "metrics-listen",
             None,
             None,
@@ -197,6 +220,12 @@ class Options(usage.Options):
             "Name no versions: 'Server: signaling' and no version in /healthz.",
         ],
         [
+            "degraded-503",
+            None,
+            "With --redis: /healthz answers 503 (not 200) while Redis cannot be reached, "
+            "so that a load balancer sends new clients to another process.",
+        ],
+        [
             "manhole-remote",
             None,
             "Allow --manhole to accept connections from other hosts (not only loopback).",
@@ -209,6 +238,8 @@ class Options(usage.Options):
     listeners: list[Listener]
     tls: ReloadableServerTLS | None = None
     manhole: ManholeConfig | None = None
+    #: The parsed --redis URL (a RedisAddress), if given.
+    redis_address: Any = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -270,6 +301,12 @@ class Options(usage.Options):
             bool(self["manhole-remote"]),
             self["manhole-auth-timeout"],
         )
+        if self["redis"] is not None:
+            self.redis_address = _redis_address(self["redis"])
+        elif self["degraded-503"]:
+            raise usage.UsageError("--degraded-503 needs --redis")
+        if self["redis"] is not None and not self["node-timeout"]:
+            raise usage.UsageError("--node-timeout must be above 0")
         if self["tls-ciphers"] is not None:
             try:
                 check_ciphers(self["tls-ciphers"])
@@ -306,6 +343,48 @@ class Options(usage.Options):
         return f"tcp:{port}:interface={quoteStringArgument(interface)}:backlog={self['backlog']}"
 
 
+def _redis_address(url: str) -> Any:
+    try:
+        from signaling.backplane.redis import parse_url
+    except ImportError as e:
+        raise usage.UsageError(
+            f"--redis needs the redis extra ({e}): pip install 'signaling[redis]'"
+        ) from None
+    try:
+        return parse_url(url)
+    except ValueError as e:
+        raise usage.UsageError(f"--redis: {e}") from None
+
+
+#: Close code for clients of a process that the others declared dead.
+CLOSE_EVICTED = 1012
+
+
+def _evict(members: list[Any]) -> None:
+    """Close the clients of a process the others declared dead: they are no
+    longer in their rooms, and must reconnect (to any process)."""
+    for member in members:
+        member.close(CLOSE_EVICTED, "server restarting; reconnect")
+
+
+def _shared_rooms(config: Options, reactor: Any) -> tuple[Any, Any]:
+    """The RedisRooms of --redis and the service that starts and stops them."""
+    from signaling.backplane.rooms import RedisRooms, RedisRoomsService
+
+    limits = config.limits
+    rooms = RedisRooms(
+        config.redis_address,
+        reactor,
+        prefix=config["redis-prefix"],
+        max_room_size=limits.max_room_size,
+        max_rooms=limits.max_rooms,
+        ttl=config["node-timeout"],
+        heartbeat=config["node-timeout"] / 5,
+        on_evicted=_evict,
+    )
+    return rooms, RedisRoomsService(rooms)
+
+
 def makeService(config: Options, reactor: Any = None) -> MultiService:
     """Build the signaling service from parsed options."""
     if reactor is None:
@@ -331,9 +410,15 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             "native speedups missing ({missing}): expect much lower throughput", missing=missing
         )
     top = MultiService()
+    rooms = None
+    if config.redis_address is not None:
+        # First in, so last out: clients have left their rooms by then.
+        rooms, rooms_service = _shared_rooms(config, reactor)
+        rooms_service.setServiceParent(top)
     factory = SignalingFactory(
-        clock=reactor, limits=config.limits, trust_proxy=config["trust-proxy"]
+        clock=reactor, limits=config.limits, rooms=rooms, trust_proxy=config["trust-proxy"]
     )
+    factory.hub.degraded_status = 503 if config["degraded-503"] else 200
     factory.fast_paths = compat.check()
     if config["hide-version"]:
         factory.hide_versions()

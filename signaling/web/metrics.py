@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -42,10 +42,17 @@ class SignalingCollector(Collector):
             "WebSocket connections opened since start.",
             stats.connections_total,
         )
-        yield GaugeMetricFamily("signaling_rooms", "Rooms that exist now.", registry.room_count)
         yield GaugeMetricFamily(
-            "signaling_clients", "Clients that are in a room now.", registry.member_count
+            "signaling_rooms", "Rooms with a member in this process now.", registry.room_count
         )
+        yield GaugeMetricFamily(
+            "signaling_clients",
+            "Clients of this process that are in a room now.",
+            registry.member_count,
+        )
+        for name, value in registry.counters().items():
+            kind, documentation = _ROOMS_FIGURES[name]
+            yield kind(f"signaling_{name}", documentation, value)
         yield _by_label(
             "signaling_messages_received",
             "Client messages received, by type ('invalid' when unparseable).",
@@ -118,6 +125,30 @@ class SignalingCollector(Collector):
             "Seconds since the server started.",
             hub.uptime(),
         )
+
+
+#: What shared rooms (--redis) report: per process unless it says cluster.
+_ROOMS_FIGURES: dict[str, tuple[Any, str]] = {
+    "backplane_up": (GaugeMetricFamily, "1 while Redis can be reached (joins and relays work)."),
+    "cluster_rooms": (GaugeMetricFamily, "Rooms in the whole cluster (as of the last heartbeat)."),
+    "cluster_nodes": (GaugeMetricFamily, "Live server processes in the cluster (last heartbeat)."),
+    "relays_published": (
+        CounterMetricFamily,
+        "Relayed messages this process sent to another process through Redis.",
+    ),
+    "relays_lost": (
+        CounterMetricFamily,
+        "Relayed messages to another process that Redis may not have delivered.",
+    ),
+    "nodes_reaped": (
+        CounterMetricFamily,
+        "Other processes this one declared dead (their clients removed from their rooms).",
+    ),
+    "evictions": (
+        CounterMetricFamily,
+        "Times this process found itself declared dead and closed its clients.",
+    ),
+}
 
 
 def _by_label(name: str, documentation: str, label: str, counts: dict[str, int]) -> Metric:

@@ -25,6 +25,7 @@ from zope.interface import provider
 
 from signaling import __version__
 from signaling.core.clock import cancel
+from signaling.core.rooms import HEALTHY
 from signaling.logs import LogBudget
 from signaling.web import metrics
 from signaling.web.demo import (
@@ -93,7 +94,9 @@ class _ConnectResource(WebSocketResource):
 
 
 class HealthResource(Resource):
-    """``/healthz``: 200 with a JSON summary while serving, 503 while draining."""
+    """``/healthz``: 200 with a JSON summary while serving, 503 while draining;
+    while the rooms are degraded (Redis unreachable), ``degraded`` with 200,
+    or 503 with --degraded-503."""
 
     isLeaf = True
 
@@ -106,17 +109,26 @@ class HealthResource(Resource):
             return cast(bytes, notFound().render(request))
         factory = self.factory
         hub = factory.hub
-        request.setResponseCode(503 if hub.draining else 200)
+        rooms = hub.rooms.health()
         if hub.draining:
+            status, code = "draining", 503
+        elif not rooms.ok:
+            status, code = "degraded", hub.degraded_status
+        else:
+            status, code = "ok", 200
+        request.setResponseCode(code)
+        if code == 503:
             request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         health: dict[str, Any] = {
-            "status": "draining" if hub.draining else "ok",
+            "status": status,
             "uptime": round(hub.uptime(), 3),
             "rooms": hub.rooms.room_count,
             "clients": len(hub.sessions),
         }
+        if rooms is not HEALTHY:  # shared rooms: say how they are
+            health["backplane"] = rooms.detail
         if not factory.hide_version:
             health["version"] = __version__
         return orjson.dumps(health)

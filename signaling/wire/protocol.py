@@ -28,6 +28,7 @@ from signaling.core.clock import cancel
 from signaling.core.hub import Hub
 from signaling.core.ids import new_client_id
 from signaling.core.limits import Limits
+from signaling.core.rooms import Rooms
 from signaling.core.session import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY, Session
 from signaling.logs import LogBudget, ServerLogger
 from signaling.wire import compat
@@ -786,6 +787,7 @@ class SignalingFactory(WebSocketServerFactory):
         *,
         clock: IReactorTime | None = None,
         limits: Limits | None = None,
+        rooms: Rooms | None = None,
         trust_proxy: int = 0,
         fast_paths: FastPaths = ALL_FAST_PATHS,
     ) -> None:
@@ -799,11 +801,12 @@ class SignalingFactory(WebSocketServerFactory):
             hub = Hub(
                 clock,
                 limits,
+                rooms,
                 log=ServerLogger("signaling.core.session"),
                 budget_log=_BUDGET_LOG,
             )
-        elif clock is not None or limits is not None:
-            raise TypeError("give either a hub, or the clock and limits to make one with")
+        elif clock is not None or limits is not None or rooms is not None:
+            raise TypeError("give either a hub, or the clock, limits and rooms to make one with")
         self.hub = hub
         self.clock = clock = cast(IReactorTime, hub.clock)
         self.limits = limits = hub.limits

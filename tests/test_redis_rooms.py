@@ -1,0 +1,318 @@
+"""RedisRooms across nodes: several instances in this process, each with its
+own connections to Redis (the shared server, or a private ``redis-server``
+that a test stops and restarts), as several server processes would be."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import hiredis
+import pytest
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+
+from signaling.core import messages
+from signaling.core.rooms import Joined, JoinRefused, RoomFull, RoomsUnavailable
+
+from .conftest import on_reactor, wait_for
+from .fakes import FakeMember
+from .redis_rooms import RoomsOnReactor, nodes
+from .redis_servers import SHARED, PrivateRedis
+
+pytestmark = pytest.mark.usefixtures("reactor_thread")
+
+
+def join(rooms: RoomsOnReactor, room_id: str, member: FakeMember) -> Joined | JoinRefused:
+    outcomes: list[Joined | JoinRefused] = []
+    rooms.join(room_id, member, outcomes.append)
+    assert wait_for(lambda: bool(outcomes)), "no answer to the join"
+    return outcomes[0]
+
+
+def joined(rooms: RoomsOnReactor, room_id: str, member: FakeMember) -> Joined:
+    outcome = join(rooms, room_id, member)
+    assert isinstance(outcome, Joined), outcome
+    return outcome
+
+
+def settle(*all_nodes: RoomsOnReactor) -> None:
+    for _ in range(2):
+        for rooms in all_nodes:
+            rooms.settle()
+
+
+def decoded(member: FakeMember) -> list[tuple[str, str]]:
+    """(type, client_id) of each frame received."""
+    return [(f["type"], f["payload"].get("client_id", "")) for f in member.decoded()]
+
+
+def redis_keys(prefix: str, port: int = SHARED[1]) -> list[str]:
+    reader = hiredis.Reader()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(hiredis.pack_command(("KEYS", prefix + "*")))
+        while (reply := reader.gets()) is False:
+            reader.feed(sock.recv(65536))
+    return sorted(key.decode() for key in reply)
+
+
+def test_members_on_two_nodes_meet_relay_and_leave() -> None:
+    with nodes(2) as (one, two):
+        a, b = FakeMember("a"), FakeMember("b")
+        joined(one, "r", a)
+        b_joined = joined(two, "r", b)
+        assert b_joined.existing == ["a"]
+        settle(one, two)
+        assert decoded(a) == [("new-client", "b")]
+        assert b.received == []
+        room_one = one.room("r")
+        room_two = two.room("r")
+        assert room_one is not None and room_two is not None
+        assert room_one.member_ids() == room_two.member_ids() == ["a", "b"]
+
+        offer = messages.relayed("offer", "a", "v=0")
+        assert room_one.send("b", offer) is True
+        answer = messages.relayed("answer", "b", "v=0")
+        assert room_two.send("a", answer) is True
+        settle(one, two)
+        assert b.received == [offer]
+        assert a.received[-1] == answer
+
+        two.leave(b)
+        settle(one, two)
+        assert decoded(a)[-1] == ("leave-client", "b")
+        assert room_one.member_ids() == ["a"]
+        assert room_one.send("b", b"late") is False
+
+
+def test_the_last_leave_anywhere_deletes_the_room_in_redis() -> None:
+    with nodes(2) as (one, two):
+        prefix = on_reactor(lambda: one.target.prefix)
+        a, b = FakeMember("a"), FakeMember("b")
+        joined(one, "gone", a)
+        joined(two, "gone", b)
+        assert any(key.endswith("room:gone") for key in redis_keys(prefix))
+        one.leave(a)
+        two.leave(b)
+        settle(one, two)
+        assert not [key for key in redis_keys(prefix) if "room:" in key]
+        assert one.room("gone") is None and two.room("gone") is None
+
+
+def test_order_per_sender_and_target_is_kept_across_nodes() -> None:
+    with nodes(2) as (one, two):
+        a, b, c = FakeMember("a"), FakeMember("b"), FakeMember("c")
+        room_a = joined(one, "r", a).room
+        room_c = joined(one, "r", c).room
+        joined(two, "r", b)
+        settle(one, two)
+        frames_a = [messages.relayed("candidate", "a", {"n": i}) for i in range(300)]
+        frames_c = [messages.relayed("candidate", "c", {"n": i}) for i in range(300)]
+
+        def send_all() -> None:
+            for fa, fc in zip(frames_a, frames_c, strict=True):
+                room_a._room.send("b", fa)
+                room_c._room.send("b", fc)
+
+        on_reactor(send_all)
+        settle(one, two)
+        relays = [frame for frame in b.received if b'"candidate"' in frame]
+        assert [f for f in relays if b'"client_id":"a"' in f] == frames_a
+        assert [f for f in relays if b'"client_id":"c"' in f] == frames_c
+
+
+def test_relays_between_members_of_one_node_do_not_touch_redis() -> None:
+    with nodes(2) as (one, two):
+        a, c, b = FakeMember("a"), FakeMember("c"), FakeMember("b")
+        room = joined(one, "r", a).room
+        joined(one, "r", c)
+        joined(two, "r", b)
+        settle(one, two)
+        before = on_reactor(lambda: one.target.relays_published)
+        for i in range(50):
+            assert room.send("c", messages.relayed("offer", "a", str(i)))
+        assert on_reactor(lambda: one.target.relays_published) == before
+        assert len([f for f in c.received if b'"offer"' in f]) == 50
+        assert room.send("b", messages.relayed("offer", "a", "x"))
+        settle(one, two)
+        assert on_reactor(lambda: one.target.relays_published) == before + 1
+
+
+def test_concurrent_joins_on_three_nodes_each_pair_meets_once() -> None:
+    with nodes(3) as all_nodes:
+        members = [FakeMember(f"m{i:02d}") for i in range(30)]
+        outcomes: dict[str, list[Joined | JoinRefused]] = {m.client_id: [] for m in members}
+
+        def start_all() -> None:
+            for i, m in enumerate(members):
+                all_nodes[i % 3].target.join("r", m, outcomes[m.client_id].append)
+
+        on_reactor(start_all)
+        settle(*all_nodes)
+        existing: dict[str, list[str]] = {}
+        for m in members:
+            [outcome] = outcomes[m.client_id]
+            assert isinstance(outcome, Joined)
+            existing[m.client_id] = outcome.existing
+        for x, y in itertools.permutations(members, 2):
+            told = decoded(x).count(("new-client", y.client_id))
+            assert told + (y.client_id in existing[x.client_id]) == 1, (x, y)
+        views = [rooms.room("r") for rooms in all_nodes]
+        member_ids = [view.member_ids() for view in views if view is not None]
+        assert len(member_ids) == 3
+        assert member_ids[0] == member_ids[1] == member_ids[2]
+        assert sorted(member_ids[0]) == sorted(m.client_id for m in members)
+
+
+def test_max_room_size_holds_across_nodes() -> None:
+    with nodes(3, max_room_size=4) as all_nodes:
+        members = [FakeMember(f"m{i}") for i in range(9)]
+        outcomes: list[list[Joined | JoinRefused]] = [[] for _ in members]
+
+        def start_all() -> None:
+            for i, m in enumerate(members):
+                all_nodes[i % 3].target.join("r", m, outcomes[i].append)
+
+        on_reactor(start_all)
+        settle(*all_nodes)
+        results = [o[0] for o in outcomes]
+        assert sum(isinstance(r, Joined) for r in results) == 4
+        assert all(isinstance(r, RoomFull) for r in results if not isinstance(r, Joined))
+
+
+def test_a_newcomer_gets_nothing_before_joined_even_from_other_nodes() -> None:
+    """A relay or notice sent to a member as soon as another node hears of
+    it reaches it only after its own join has completed."""
+    with nodes(2) as (one, two):
+        a = FakeMember("a")
+        room_a = joined(one, "r", a).room
+        order: list[str] = []
+
+        class Recording(FakeMember):
+            def deliver(self, data: bytes) -> None:
+                order.append(json.loads(data)["type"])
+                super().deliver(data)
+
+        b = Recording("b")
+
+        def answered(outcome: Joined | JoinRefused) -> None:
+            order.append("joined")
+
+        def offer_on_notice(data: bytes) -> None:
+            FakeMember.deliver(a, data)
+            if b'"new-client"' in data:
+                room_a._room.send("b", messages.relayed("offer", "a", "v=0"))
+
+        a.deliver = offer_on_notice  # type: ignore[method-assign]
+        two.join("r", b, answered)
+        settle(one, two)
+        assert order == ["joined", "offer"]
+
+
+def test_a_join_and_a_relay_to_another_node_fail_at_once_while_redis_is_down(
+    tmp_path: Path,
+) -> None:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        with nodes(2, url=server.url()) as (one, two):
+            a, c, b = FakeMember("a"), FakeMember("c"), FakeMember("b")
+            room = joined(one, "r", a).room
+            joined(one, "r", c)
+            joined(two, "r", b)
+            settle(one, two)
+            server.stop()
+            assert wait_for(lambda: not on_reactor(lambda: one.target.available))
+
+            started = time.monotonic()
+            refused = join(one, "other", FakeMember("x"))
+            assert isinstance(refused, RoomsUnavailable)
+            assert refused.code == "unavailable"
+            with pytest.raises(RoomsUnavailable):
+                room.send("b", b"to-b")
+            assert time.monotonic() - started < 1.0
+            # the members of this node still reach each other
+            assert room.send("c", b"to-c") is True
+            assert c.received[-1] == b"to-c"
+    finally:
+        server.stop()
+
+
+def test_recovery_after_redis_restarts_empty(tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        with nodes(2, url=server.url(), ttl=1.0, heartbeat=0.2) as (one, two):
+            a, c, b, d = (FakeMember(n) for n in "acbd")
+            room_a = joined(one, "r", a).room
+            joined(one, "r", c)
+            joined(two, "r", b)
+            joined(two, "r", d)
+            settle(one, two)
+            server.stop()
+            assert wait_for(lambda: not on_reactor(lambda: one.target.available))
+            two.leave(d)  # while Redis is down: its own node's members hear at once
+            assert decoded(b)[-1] == ("leave-client", "d")
+            server.start()  # empty: it kept nothing
+            for rooms in (one, two):
+                assert wait_for(lambda r=rooms: on_reactor(lambda: r.target.available), 10)
+            # Both nodes put their members back; the other node hears d has gone.
+            assert wait_for(lambda: decoded(a)[-1:] == [("leave-client", "d")], 10), decoded(a)
+            assert decoded(c)[-1] == ("leave-client", "d")
+            assert wait_for(lambda: room_a.member_ids() == ["a", "c", "b"], 10)
+            after = messages.relayed("offer", "a", "after")
+            assert room_a.send("b", after) is True
+            settle(one, two)
+            assert b.received[-1] == after
+            # and joins work again, numbered after the members put back
+            e = FakeMember("e")
+            assert joined(two, "r", e).existing == ["a", "c", "b"]
+            settle(one, two)
+            assert decoded(a)[-1] == ("new-client", "e")
+            assert decoded(b)[-1] == ("new-client", "e")
+            # nobody heard twice of anything
+            for member in (a, c, b):
+                events = decoded(member)
+                assert len(events) == len(set(events)), events
+    finally:
+        server.stop()
+
+
+def test_a_frozen_node_is_declared_dead_and_closes_its_members_when_it_wakes() -> None:
+    frozen_clock = Clock()  # node two's timers run only when the test says
+    evicted: list[list[Any]] = []
+    with nodes(
+        2,
+        ttl=1.0,
+        heartbeat=0.2,
+        clocks=[reactor, frozen_clock],
+        on_evicted=evicted.append,
+    ) as (one, two):
+        a, b = FakeMember("a"), FakeMember("b")
+        joined(one, "r", a)
+        joined(two, "r", b)
+        settle(one, two)
+        prefix = on_reactor(lambda: one.target.prefix)
+        node_two = on_reactor(lambda: two.target.node_id)
+        # two refreshed its key once, when it connected, and never since
+        started = time.monotonic()
+        assert wait_for(lambda: ("leave-client", "b") in decoded(a), 6)
+        assert time.monotonic() - started < 4.5  # the TTL, after the grace of 2 TTLs
+        assert one.room("r") is not None and one.room("r").member_ids() == ["a"]  # type: ignore[union-attr]
+        leftover = [k for k in redis_keys(prefix) if node_two in k]
+        assert leftover == [f"{prefix}node:{node_two}:dead"]
+        assert evicted == []
+
+        on_reactor(frozen_clock.advance, 0.2)  # it wakes up and refreshes
+        assert wait_for(lambda: bool(evicted))
+        assert [m.client_id for m in evicted[0]] == ["b"]
+        assert two.member_count == 0 and two.room("r") is None
+        assert on_reactor(lambda: two.target.node_id) != node_two
+        assert wait_for(lambda: on_reactor(lambda: two.target.available))
+        # it starts over under a new id, and b's next join works
+        b2 = FakeMember("b2")
+        assert joined(two, "r", b2).existing == ["a"]
