@@ -31,6 +31,18 @@ def answers(host: str, port: int) -> bool:
         return False
 
 
+def redis_keys(prefix: str, port: int = SHARED[1]) -> list[str]:
+    """The keys under ``prefix`` (database 0)."""
+    import hiredis
+
+    reader = hiredis.Reader()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(hiredis.pack_command(("KEYS", prefix + "*")))
+        while (reply := reader.gets()) is False:
+            reader.feed(sock.recv(65536))
+    return sorted(key.decode() for key in reply)
+
+
 def require_shared() -> None:
     """Skip (fail under CI) unless the shared Redis answers."""
     if not answers(*SHARED):

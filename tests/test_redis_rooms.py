@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
-import hiredis
 import pytest
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -22,7 +20,7 @@ from signaling.core.rooms import Joined, JoinRefused, RoomFull, RoomsUnavailable
 from .conftest import on_reactor, wait_for
 from .fakes import FakeMember
 from .redis_rooms import RoomsOnReactor, nodes
-from .redis_servers import SHARED, PrivateRedis
+from .redis_servers import PrivateRedis, redis_keys
 
 pytestmark = pytest.mark.usefixtures("reactor_thread")
 
@@ -49,15 +47,6 @@ def settle(*all_nodes: RoomsOnReactor) -> None:
 def decoded(member: FakeMember) -> list[tuple[str, str]]:
     """(type, client_id) of each frame received."""
     return [(f["type"], f["payload"].get("client_id", "")) for f in member.decoded()]
-
-
-def redis_keys(prefix: str, port: int = SHARED[1]) -> list[str]:
-    reader = hiredis.Reader()
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(hiredis.pack_command(("KEYS", prefix + "*")))
-        while (reply := reader.gets()) is False:
-            reader.feed(sock.recv(65536))
-    return sorted(key.decode() for key in reply)
 
 
 def test_members_on_two_nodes_meet_relay_and_leave() -> None:

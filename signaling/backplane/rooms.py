@@ -323,14 +323,16 @@ class RedisRooms:
 
     def health(self) -> RoomsHealth:
         if self._stopping:
-            return RoomsHealth(False, "stopping")
-        if not self._client.connected:
-            return RoomsHealth(False, "no connection to Redis")
-        if not self._subscriber.connected:
-            return RoomsHealth(False, "no subscription to Redis")
-        if not self._registered:
-            return RoomsHealth(False, "registering with Redis")
-        return RoomsHealth(True, "connected to Redis")
+            detail = "stopping"
+        elif not self._client.connected:
+            detail = "no connection to Redis"
+        elif not self._subscriber.connected:
+            detail = "no subscription to Redis"
+        elif not self._registered:
+            detail = "registering with Redis"
+        else:
+            return RoomsHealth(True, "connected to Redis", self.node_id)
+        return RoomsHealth(False, detail, self.node_id)
 
     def counters(self) -> dict[str, int]:
         return {

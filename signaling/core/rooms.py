@@ -126,6 +126,8 @@ class RoomsHealth:
 
     ok: bool
     detail: str
+    #: This process's id among those sharing the rooms, if they are shared.
+    node: str | None = None
 
 
 HEALTHY = RoomsHealth(True, "in memory")

@@ -129,6 +129,7 @@ class HealthResource(Resource):
         }
         if rooms is not HEALTHY:  # shared rooms: say how they are
             health["backplane"] = rooms.detail
+            health["node"] = rooms.node
         if not factory.hide_version:
             health["version"] = __version__
         return orjson.dumps(health)

@@ -1,0 +1,255 @@
+"""Several real ``twistd signaling --redis`` processes sharing rooms through
+Redis (the shared server under a prefix of the test's own, or a private
+``redis-server`` the test stops and restarts), with real WebSocket clients."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.sync.client import connect
+
+from bench.twistd import ServerProcess
+
+from .conftest import TIMEOUT, Client, wait_for
+from .redis_rooms import require_redis_rooms
+from .redis_servers import SHARED_URL, PrivateRedis, redis_keys, shared_prefix
+
+Start = Callable[..., ServerProcess]
+
+
+def healthz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def registered(port: int) -> bool:
+    return healthz(port)[1].get("status") == "ok"
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    require_redis_rooms()
+    with shared_prefix() as name:
+        yield name
+
+
+@pytest.fixture
+def cluster(run_twistd: Start, prefix: str) -> Start:
+    """Start a server process sharing rooms with the others of the test."""
+
+    def start(*args: str, url: str = SHARED_URL) -> ServerProcess:
+        process = run_twistd(
+            "--port",
+            "0",
+            "--interface",
+            "127.0.0.1",
+            "--redis",
+            url,
+            "--redis-prefix",
+            prefix,
+            *args,
+        )
+        assert wait_for(lambda: registered(process.port), 10), process.output
+        return process
+
+    return start
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[[ServerProcess], Client]]:
+    with contextlib.ExitStack() as stack:
+
+        def open_client(process: ServerProcess) -> Client:
+            ws = stack.enter_context(
+                connect(
+                    f"ws://127.0.0.1:{process.port}/connect",
+                    open_timeout=TIMEOUT,
+                    close_timeout=1,
+                    compression=None,
+                    proxy=None,
+                )
+            )
+            return Client(ws)
+
+        yield open_client
+
+
+def test_the_whole_protocol_across_two_processes(cluster: Start, clients: Any, prefix: str) -> None:
+    one, two = cluster(), cluster()
+    a, b = clients(one), clients(two)
+    assert a.join("r") == []
+    assert b.join("r") == [a.id]
+    assert a.expect("new-client") == {"client_id": b.id}
+    a.offer(b.id, "v=0 offer")
+    assert b.expect("offer") == {"client_id": a.id, "sdp": "v=0 offer"}
+    b.send("answer", {"client_id": a.id, "sdp": "v=0 answer"})
+    assert a.expect("answer") == {"client_id": b.id, "sdp": "v=0 answer"}
+    for i in range(20):
+        b.send("candidate", {"client_id": a.id, "candidate": {"candidate": f"c{i}"}})
+    for i in range(20):
+        assert a.expect("candidate")["candidate"] == {"candidate": f"c{i}"}
+    a.send("offer", {"client_id": "nobody", "sdp": "x"})
+    assert a.expect_error("unknown_client")["client_id"] == "nobody"
+    b.send("leave")
+    assert a.expect("leave-client") == {"client_id": b.id}
+    a.send("leave")
+    assert wait_for(lambda: not [k for k in redis_keys(prefix) if ":room:" in k])
+
+
+def test_a_six_peer_mesh_split_across_three_processes(cluster: Start, clients: Any) -> None:
+    processes = [cluster(), cluster(), cluster()]
+    peers = [clients(processes[i % 3]) for i in range(6)]
+    for i, peer in enumerate(peers):
+        assert peer.join("mesh") == [p.id for p in peers[:i]]
+        for earlier in peers[:i]:
+            assert earlier.expect("new-client") == {"client_id": peer.id}
+    for sender in peers:
+        for target in peers:
+            if target is not sender:
+                sender.offer(target.id, f"from {sender.id}")
+    for target in peers:
+        senders = {target.expect("offer")["client_id"] for _ in range(5)}
+        assert senders == {p.id for p in peers} - {target.id}
+    statuses = [healthz(p.port)[1] for p in processes]
+    assert [s["clients"] for s in statuses] == [2, 2, 2]
+
+
+def test_concurrent_joins_across_processes_meet_once(cluster: Start, clients: Any) -> None:
+    processes = [cluster(), cluster()]
+    peers = [clients(processes[i % 2]) for i in range(10)]
+    for peer in peers:
+        peer.send("join", {"room_id": "together"})
+    existing = {}
+    for peer in peers:
+        existing[peer.id] = peer.expect("joined")["clients"]
+    for peer in peers:
+        heard = set()
+        expected = len(peers) - 1 - len(existing[peer.id])
+        for _ in range(expected):
+            heard.add(peer.expect("new-client")["client_id"])
+        assert heard.isdisjoint(existing[peer.id])
+        assert heard | set(existing[peer.id]) == {p.id for p in peers} - {peer.id}
+    assert {peer.id: len(v) for peer, v in zip(peers, existing.values(), strict=True)}
+
+
+def test_max_room_size_holds_across_processes(cluster: Start, clients: Any) -> None:
+    one, two = cluster("--max-room-size", "2"), cluster("--max-room-size", "2")
+    clients(one).join("small")
+    clients(two).join("small")
+    third = clients(two)
+    third.send("join", {"room_id": "small"})
+    assert third.expect_error("room_full")
+
+
+def node_of(process: ServerProcess) -> str:
+    node: str = healthz(process.port)[1]["node"]
+    return node
+
+
+def test_kill_9_of_a_process_removes_its_clients_within_the_timeout(
+    cluster: Start, clients: Any, prefix: str
+) -> None:
+    one, two = cluster("--node-timeout", "2"), cluster("--node-timeout", "2")
+    a, b = clients(one), clients(two)
+    a.join("r")
+    b.join("r")
+    a.expect("new-client")
+    time.sleep(4.5)  # past the 2 x timeout grace after connecting
+    healthz_node_before = node_of(two)
+    two.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    assert a.expect("leave-client", timeout=10) == {"client_id": b.id}
+    elapsed = time.monotonic() - killed
+    assert elapsed < 2 + 1.5, elapsed
+    node_one, node_two = node_of(one), healthz_node_before
+    leftover = [k for k in redis_keys(prefix) if ":node:" in k and node_one not in k]
+    assert leftover == [f"{prefix}node:{node_two}:dead"]
+
+
+def test_sigterm_removes_the_processes_clients_at_once(
+    cluster: Start, clients: Any, prefix: str
+) -> None:
+    one, two = cluster(), cluster()
+    a, b = clients(one), clients(two)
+    a.join("r")
+    b.join("r")
+    a.expect("new-client")
+    node_two = node_of(two)
+    two.signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert a.expect("leave-client", timeout=5) == {"client_id": b.id}
+    assert time.monotonic() - started < 2
+    assert two.wait_exit() == 0
+    # nothing of the stopped process is left in Redis
+    assert not [k for k in redis_keys(prefix) if node_two in k]
+
+
+def test_redis_outage_local_relays_go_on_and_the_rest_recovers(
+    tmp_path: Path, run_twistd: Start, clients: Any
+) -> None:
+    require_redis_rooms()
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        start: Start = lambda: _started(run_twistd, server.url())  # noqa: E731
+        one, two = start(), start()
+        a, c, b = clients(one), clients(one), clients(two)
+        a.join("r")
+        c.join("r")
+        b.join("r")
+        for _ in range(2):
+            a.expect("new-client")
+        c.expect("new-client")
+        server.stop()
+        assert wait_for(lambda: healthz(one.port)[1]["status"] == "degraded")
+        status, body = healthz(one.port)
+        assert status == 200 and body["backplane"] == "no connection to Redis"
+        # a local relay still works; one to the other process and a join fail at once
+        a.offer(c.id, "local")
+        assert c.expect("offer") == {"client_id": a.id, "sdp": "local"}
+        a.offer(b.id, "remote")
+        assert a.expect_error("unavailable")["client_id"] == b.id
+        x = clients(one)
+        x.send("join", {"room_id": "new"})
+        assert x.expect_error("unavailable")["in_reply_to"] == "join"
+        server.start()  # empty
+        assert wait_for(lambda: registered(one.port) and registered(two.port), 15)
+        a.offer(b.id, "back")
+        assert b.expect("offer") == {"client_id": a.id, "sdp": "back"}
+        assert x.join("new") == []
+    finally:
+        server.stop()
+
+
+def _started(run_twistd: Start, url: str, *args: str) -> ServerProcess:
+    process = run_twistd(
+        "--port", "0", "--interface", "127.0.0.1", "--redis", url, "--node-timeout", "1", *args
+    )
+    assert wait_for(lambda: registered(process.port), 10), process.output
+    return process
+
+
+def test_degraded_503_for_load_balancers(tmp_path: Path, run_twistd: Start) -> None:
+    require_redis_rooms()
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        process = _started(run_twistd, server.url(), "--degraded-503")
+        assert healthz(process.port)[0] == 200
+        server.stop()
+        assert wait_for(lambda: healthz(process.port)[0] == 503)
+        assert healthz(process.port)[1]["status"] == "degraded"
+    finally:
+        server.stop()
