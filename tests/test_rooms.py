@@ -790,3 +790,25 @@ def check_views(
                 assert other in view, f"{name} told {other} left, never that it came"
                 view.remove(other)
         assert sorted(view) == sorted(set(own_room.member_ids()) - {name})
+
+
+def test_join_leave_and_join_again_before_any_answer(harness: Harness) -> None:
+    """The second join is the one that counts: the member ends in the room,
+    and every view agrees."""
+    a, b = harness.members("a", "b")
+    harness.joined("r", b)
+    first = harness.start_join("r", a)
+    harness.rooms.leave(a)
+    second = harness.start_join("r", a)
+    harness.settle()
+    assert len(first) == 1 and len(second) == 1
+    assert isinstance(second[0], Joined)
+    assert harness.member_ids("r") == ids(b, a)
+    assert harness.rooms.member_count == 2
+    room_of = harness.rooms.room_of(a.client_id)
+    assert room_of is not None and room_of.room_id == "r"
+    # b heard a come (once or, with the first join, come, go and come again)
+    assert b.decoded() in (
+        [new_client(a)],
+        [new_client(a), leave_client(a), new_client(a)],
+    )

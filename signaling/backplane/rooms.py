@@ -280,11 +280,18 @@ class RedisRooms:
         local = self._local.pop(client_id, None)
         if local is None:
             return
+        known = self._known(local)
         view = self._forget(local)
         if local.number is None:
-            local.cancelled = True  # undone when the join's reply comes
-            return
-        self._send_leave(local.room_id, client_id, view)
+            # Its join is on its way: the leave goes right after it, in order
+            # (a join again goes after both), and its reply only calls done.
+            local.cancelled = True
+        self._send_leave(local.room_id, client_id, view if known else None)
+
+    def _known(self, local: _Local) -> bool:
+        """Whether the other members here may have heard of ``local``."""
+        view = self._views.get(local.room_id)
+        return view is not None and local.member.client_id in view.members
 
     def room(self, room_id: str) -> RedisRoom | None:
         view = self._views.get(room_id)
@@ -541,8 +548,7 @@ class RedisRooms:
         ]
         existing = [member_id for member_id, _, _ in before]
         client_id = local.member.client_id
-        if local.cancelled:
-            self._send_leave(local.room_id, client_id, self._views.get(local.room_id))
+        if local.cancelled:  # its leave is on its way already
             local.done(Joined(RedisRoom(self, local.room_id), existing))
             return
         view = self._views[local.room_id]
