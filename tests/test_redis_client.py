@@ -5,6 +5,7 @@ stop and restart."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 import uuid
@@ -402,6 +403,40 @@ def test_a_restart_fails_what_is_in_flight_and_reconnects(
     on_reactor(client.publish, "room", "after")
     on_reactor(client.publish, "later", "too")
     assert wait_for(lambda: inbox.messages == [b"before", b"after", b"too"])
+
+
+def test_a_frozen_redis_fails_what_waits_and_is_reconnected(
+    connections: Callable[..., Any], private_redis: Callable[..., PrivateRedis]
+) -> None:
+    """Redis stopped (SIGSTOP) keeps the TCP connection open and answers
+    nothing: within two reply timeouts what waits fails and the connection is
+    dropped; when it answers again, a new one is made."""
+    server = private_redis()
+    assert server.process is not None
+    client_events, subscriber_events = Events(), Events()
+    url = server.url()
+    client = connected(
+        connections(backplane.RedisClient, url, reply_timeout=0.3, **client_events.hooks())
+    )
+    subscriber = connected(
+        connections(backplane.RedisSubscriber, url, reply_timeout=0.3, **subscriber_events.hooks())
+    )
+    waiting: list[Any] = []
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        on_reactor(lambda: [client.execute("GET", "k").addBoth(waiting.append)])
+        assert wait_for(lambda: bool(waiting), 3)
+        assert waiting[0].check(backplane.ReplyLost), waiting[0]
+        assert time.monotonic() - started < 1.0
+        # the idle subscriber's PING goes unanswered too
+        assert wait_for(lambda: subscriber_events.disconnected == 1, 3)
+        assert not client.connected
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    connected(client)
+    connected(subscriber)
+    assert on_reactor(client.execute, "PING") == b"PONG"
 
 
 def test_a_script_flushed_from_redis_still_runs(

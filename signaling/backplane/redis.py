@@ -8,7 +8,11 @@ at once with ``NotConnected``, and a command in flight when the connection
 drops fails with ``ReplyLost`` (both ``Unavailable``); nothing is queued to be
 sent late. Each (re)connection authenticates, selects the database and loads
 the registered scripts before any command goes out on it; the subscriber
-subscribes every channel again before it reports the connection.
+subscribes every channel again before it reports the connection. A
+connection with a reply overdue by ``reply_timeout`` (Redis frozen, or the
+path to it gone silently) is dropped, and an idle one is pinged as often, so
+nothing waits on a dead connection; blocking commands (``BLPOP``, ...)
+therefore must not outlast ``reply_timeout``.
 """
 
 from __future__ import annotations
@@ -136,6 +140,8 @@ class RedisProtocol(Protocol):
     def __init__(self) -> None:
         self._reader = hiredis.Reader(replyError=RedisError, notEnoughData=_INCOMPLETE)
         self._waiting: deque[Deferred[Any]] = deque()
+        #: Replies received so far (what the stall check watches).
+        self.replies = 0
         self.lost = False
         #: Called once with this protocol when its connection is lost.
         self.on_lost: Callable[[RedisProtocol], object] | None = None
@@ -168,10 +174,16 @@ class RedisProtocol(Protocol):
             self._abort(f"a reply from Redis that no command asked for: {reply!r:.100}")
             return
         waiting = self._waiting.popleft()
+        self.replies += 1
         if isinstance(reply, RedisError):
             waiting.errback(reply)
         else:
             waiting.callback(reply)
+
+    @property
+    def waiting(self) -> int:
+        """Commands sent whose reply has not come yet."""
+        return len(self._waiting)
 
     def _abort(self, why: str) -> None:
         _log.error("{why}; dropping the connection", why=why)
@@ -291,6 +303,7 @@ class _Connection:
         on_disconnected: Callable[[], object] | None = None,
         retry_policy: Callable[[int], float] | None = None,
         connect_timeout: float = 5.0,
+        reply_timeout: float = 5.0,
         tls_options: IOpenSSLClientConnectionCreator | None = None,
     ) -> None:
         if reactor is None:
@@ -309,6 +322,11 @@ class _Connection:
                 tls_options = optionsForClientTLS(address.host)
             endpoint = wrapClientTLS(tls_options, endpoint)
         self._built: RedisProtocol | None = None
+        #: The connection being set up (logging in), then ready.
+        self._current: RedisProtocol | None = None
+        self._reply_timeout = reply_timeout
+        self._stall_check: Any = None
+        self._replies_seen = -1
         self._refusals = 0
         self._clock = reactor
         self._retry_policy = retry_policy or backoffPolicy(initialDelay=0.1, maxDelay=5.0)
@@ -328,10 +346,38 @@ class _Connection:
     def start(self) -> None:
         """Connect, and reconnect whenever the connection is lost, until ``stop``."""
         self._service.startService()
+        if self._reply_timeout > 0:
+            self._stall_check = self._clock.callLater(self._reply_timeout, self._check_stall)
 
     def stop(self) -> Deferred[None]:
         """Close the connection and stop reconnecting."""
+        if self._stall_check is not None and self._stall_check.active():
+            self._stall_check.cancel()
+        self._stall_check = None
         return self._service.stopService()  # type: ignore[no-any-return]
+
+    def _check_stall(self) -> None:
+        """Every ``reply_timeout`` seconds: drop a connection on which a reply
+        is overdue (Redis frozen, or the path to it gone without a reset), so
+        that what waits fails and a new connection is made; on an idle one,
+        send a PING, so that a dead one is found too. A stall is found within
+        two periods."""
+        self._stall_check = self._clock.callLater(self._reply_timeout, self._check_stall)
+        protocol = self._current
+        if protocol is None or protocol.lost:
+            return
+        if protocol.waiting and protocol.replies == self._replies_seen:
+            _log.warn(
+                "No reply from Redis at {host}:{port} for {timeout:g} s; reconnecting",
+                host=self.address.host,
+                port=self.address.port,
+                timeout=self._reply_timeout,
+            )
+            protocol.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._replies_seen = protocol.replies
+        if not protocol.waiting:
+            protocol.execute(b"PING").addErrback(lambda _: None)
 
     def _new_protocol(self) -> RedisProtocol:
         return RedisProtocol()
@@ -348,6 +394,8 @@ class _Connection:
         protocol = self._built
         assert protocol is not None
         self._built = None
+        self._current = protocol
+        self._replies_seen = -1
         steps: list[Deferred[Any]] = []
         address = self.address
         if address.password is not None:

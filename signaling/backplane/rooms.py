@@ -167,6 +167,8 @@ class RedisRooms:
     itself declared dead; they must be disconnected (they are no longer in
     their rooms). ``heartbeat`` seconds between liveness refreshes and
     checks; a node is declared dead ``ttl`` seconds after its last refresh.
+    ``reply_timeout``: seconds a reply from Redis may be overdue before the
+    connection is dropped and made again.
     """
 
     def __init__(
@@ -182,6 +184,7 @@ class RedisRooms:
         on_evicted: Callable[[list[Member]], object] | None = None,
         reactor: Any = None,
         retry_policy: Callable[[int], float] | None = None,
+        reply_timeout: float = 5.0,
     ) -> None:
         self.address = address
         self.prefix = prefix
@@ -192,7 +195,11 @@ class RedisRooms:
         self.on_evicted = on_evicted
         self._clock = clock
         self.node_id = new_node_id()
-        options: dict[str, Any] = {"reactor": reactor if reactor is not None else clock}
+        options: dict[str, Any] = {
+            "reactor": reactor if reactor is not None else clock,
+            "reply_timeout": reply_timeout,
+            "connect_timeout": reply_timeout,
+        }
         if retry_policy is not None:
             options["retry_policy"] = retry_policy
         self._client = RedisClient(

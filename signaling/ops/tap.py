@@ -165,6 +165,15 @@ class Options(usage.Options):
             "Prefix of the Redis keys and channels (one cluster per prefix).",
         ],
         [
+            "redis-timeout",
+            None,
+            5.0,
+            "With --redis: seconds to connect to Redis, and that a reply may be "
+            "overdue before the connection is dropped and made again (what waited "
+            "fails with 'unavailable').",
+            parse_seconds,
+        ],
+        [
             "node-timeout",
             None,
             5.0,
@@ -305,8 +314,8 @@ class Options(usage.Options):
             self.redis_address = _redis_address(self["redis"])
         elif self["degraded-503"]:
             raise usage.UsageError("--degraded-503 needs --redis")
-        if self["redis"] is not None and not self["node-timeout"]:
-            raise usage.UsageError("--node-timeout must be above 0")
+        if self["redis"] is not None and not (self["node-timeout"] and self["redis-timeout"]):
+            raise usage.UsageError("--node-timeout and --redis-timeout must be above 0")
         if self["tls-ciphers"] is not None:
             try:
                 check_ciphers(self["tls-ciphers"])
@@ -380,6 +389,7 @@ def _shared_rooms(config: Options, reactor: Any) -> tuple[Any, Any]:
         max_rooms=limits.max_rooms,
         ttl=config["node-timeout"],
         heartbeat=config["node-timeout"] / 5,
+        reply_timeout=config["redis-timeout"],
         on_evicted=_evict,
     )
     return rooms, RedisRoomsService(rooms)
