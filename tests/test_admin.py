@@ -195,7 +195,16 @@ def test_stats_count_connections_rooms_messages_and_uptime(
 def test_namespace_offers_the_documented_names(server: RunningServer) -> None:
     admin = Admin(server.factory)
     namespace = admin.namespace()
-    functions = ["rooms", "clients", "client", "kick", "close_room", "say", "stats"]
+    functions = [
+        "rooms",
+        "cluster_rooms",
+        "clients",
+        "client",
+        "kick",
+        "close_room",
+        "say",
+        "stats",
+    ]
     assert set(namespace) == {*functions, "admin", "factory", "hub", "registry"}
     assert namespace["hub"] is server.hub
     assert namespace["factory"] is server.factory

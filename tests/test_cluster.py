@@ -67,23 +67,24 @@ def cluster(run_twistd: Start, prefix: str) -> Start:
     return start
 
 
+def open_ws_client(stack: contextlib.ExitStack, process: ServerProcess) -> Client:
+    """A signaling client of ``process``, closed with ``stack``."""
+    ws = stack.enter_context(
+        connect(
+            f"ws://127.0.0.1:{process.port}/connect",
+            open_timeout=TIMEOUT,
+            close_timeout=1,
+            compression=None,
+            proxy=None,
+        )
+    )
+    return Client(ws)
+
+
 @pytest.fixture
 def clients() -> Iterator[Callable[[ServerProcess], Client]]:
     with contextlib.ExitStack() as stack:
-
-        def open_client(process: ServerProcess) -> Client:
-            ws = stack.enter_context(
-                connect(
-                    f"ws://127.0.0.1:{process.port}/connect",
-                    open_timeout=TIMEOUT,
-                    close_timeout=1,
-                    compression=None,
-                    proxy=None,
-                )
-            )
-            return Client(ws)
-
-        yield open_client
+        yield lambda process: open_ws_client(stack, process)
 
 
 def test_the_whole_protocol_across_two_processes(cluster: Start, clients: Any, prefix: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -26,8 +27,11 @@ from signaling.admin import manhole
 from signaling.ops.tap import Options, makeService
 
 from .conftest import TIMEOUT, RunningServer, on_reactor, wait_for
+from .redis_rooms import require_redis_rooms
+from .redis_servers import SHARED_URL, shared_prefix
 from .sshconsole import Console, LoginRefused, OpenSSH, connect_without_reading, login, openssh_key
 from .test_admin import close_frame
+from .test_cluster import open_ws_client, registered
 
 PROMPT = ">>> "
 
@@ -603,3 +607,40 @@ def test_bad_host_keys_are_usage_errors(tmp_path: Path) -> None:
         manhole.load_or_create_host_key(str(path))
     with pytest.raises(usage.UsageError, match="cannot create the manhole host key"):
         manhole.load_or_create_host_key(str(tmp_path / "no-such-dir" / "host_key"))
+
+
+def test_the_console_lists_and_closes_rooms_across_processes(
+    tmp_path: Path, open_console, keys_file: Path, operator_key: keys.Key, run_twistd
+) -> None:
+    """With --redis, the console of one process (built by makeService, as
+    twistd would) lists a room whose members are all on another process, and
+    closes it there."""
+    require_redis_rooms()
+    with shared_prefix() as prefix, contextlib.ExitStack() as stack:
+        other = run_twistd(
+            *("--port", "0", "--interface", "127.0.0.1"),
+            *("--redis", SHARED_URL, "--redis-prefix", prefix),
+        )
+        assert wait_for(lambda: registered(other.port), 10), other.output
+        a, b = open_ws_client(stack, other), open_ws_client(stack, other)
+        a.join("standup")
+        b.join("standup")
+        a.expect("new-client")
+        socket_path = str(tmp_path / "manhole.sock")
+        config = parse(
+            *("--port", "0", "--interface", "127.0.0.1", "--manhole", f"unix:{socket_path}"),
+            *("--manhole-keys", str(keys_file), "--manhole-host-key", str(tmp_path / "hk")),
+            *("--redis", SHARED_URL, "--redis-prefix", prefix),
+        )
+        service = makeService(config)
+        on_reactor(service.startService)
+        try:
+            assert config.manhole is not None
+            console = open_console(socket_path, config.manhole.host_key, key=operator_key)
+            console.run("cluster_rooms()")
+            console.wait_for_text(f"'standup': ['{a.id}', '{b.id}']")
+            console.run("close_room('standup', 'maintenance')")
+            assert a.expect_closed() == admin.ROOM_CLOSED
+            assert b.expect_closed() == admin.ROOM_CLOSED
+        finally:
+            on_reactor(service.stopService)

@@ -305,3 +305,25 @@ def test_a_frozen_node_is_declared_dead_and_closes_its_members_when_it_wakes() -
         # it starts over under a new id, and b's next join works
         b2 = FakeMember("b2")
         assert joined(two, "r", b2).existing == ["a"]
+
+
+def test_the_operator_lists_and_closes_rooms_across_the_cluster() -> None:
+    closed: list[tuple[list[str], str]] = []
+
+    def on_room_closed(members: list[Any], reason: str) -> None:
+        closed.append((sorted(m.client_id for m in members), reason))
+
+    with nodes(2, on_room_closed=on_room_closed) as (one, two):
+        a, b, c, x = (FakeMember(n) for n in "abcx")
+        joined(one, "r", a)
+        joined(two, "r", b)
+        joined(two, "r", c)
+        joined(two, "other", x)
+        settle(one, two)
+        # node one holds no member of "other", and still lists it
+        assert on_reactor(one.target.cluster_rooms) == {"r": ["a", "b", "c"], "other": ["x"]}
+        assert one.room("other") is None
+        assert on_reactor(one.target.close_room, "r", "maintenance") == 3
+        settle(one, two)
+        assert sorted(closed) == [(["a"], "maintenance"), (["b", "c"], "maintenance")]
+        assert on_reactor(one.target.close_room, "nowhere", "x") == 0

@@ -85,8 +85,15 @@ class Admin:
         self.hub: Hub = server if isinstance(server, Hub) else server.hub
 
     def rooms(self) -> dict[str, list[str]]:
-        """Every room and the ids of its members, in join order."""
+        """Every room with a member in this process and the ids of its
+        members (on any process), in join order."""
         return {room.room_id: room.member_ids() for room in self.hub.rooms.rooms()}
+
+    def cluster_rooms(self) -> Any:
+        """With --redis: a Deferred of every room in the cluster and its
+        members; without it, the same as :meth:`rooms`."""
+        cluster = getattr(self.hub.rooms, "cluster_rooms", None)
+        return self.rooms() if cluster is None else cluster()
 
     def clients(self) -> list[ClientInfo]:
         """Every open connection, in a room or not, oldest first."""
@@ -108,10 +115,20 @@ class Admin:
         _log.info("admin kick {client_id} reason={reason!r}", client_id=client_id, reason=reason)
         session.close(KICKED, reason)
 
-    def close_room(self, room_id: str, reason: str = "room closed by the server operator") -> int:
+    def close_room(self, room_id: str, reason: str = "room closed by the server operator") -> Any:
         """Close the connection of every member of a room, with close code
-        :data:`ROOM_CLOSED`; return how many were closed."""
+        :data:`ROOM_CLOSED`; return how many were closed. With --redis,
+        members on every process are closed (each process closes its own when
+        it hears), and the return is a Deferred of the room's member count."""
         _check_reason(reason)
+        cluster = getattr(self.hub.rooms, "close_room", None)
+        if cluster is not None:
+            _log.info(
+                "admin close-room {room_id} (cluster) reason={reason!r}",
+                room_id=room_id,
+                reason=reason,
+            )
+            return cluster(room_id, reason)
         room = self._room(room_id)
         local = [self.hub.sessions.get(client_id) for client_id in room.member_ids()]
         sessions = [session for session in local if session is not None]
@@ -150,6 +167,7 @@ class Admin:
         """The names the admin console offers (documented in README.rst)."""
         functions: dict[str, Callable[..., Any]] = {
             "rooms": self.rooms,
+            "cluster_rooms": self.cluster_rooms,
             "clients": self.clients,
             "client": self.client,
             "kick": self.kick,

@@ -182,6 +182,7 @@ class RedisRooms:
         heartbeat: float = 1.0,
         ttl: float = 5.0,
         on_evicted: Callable[[list[Member]], object] | None = None,
+        on_room_closed: Callable[[list[Member], str], object] | None = None,
         reactor: Any = None,
         retry_policy: Callable[[int], float] | None = None,
         reply_timeout: float = 5.0,
@@ -193,6 +194,7 @@ class RedisRooms:
         self.heartbeat = heartbeat
         self.ttl = ttl
         self.on_evicted = on_evicted
+        self.on_room_closed = on_room_closed
         self._clock = clock
         self.node_id = new_node_id()
         options: dict[str, Any] = {
@@ -221,6 +223,8 @@ class RedisRooms:
         self._unregister = self._client.script(scripts.UNREGISTER)
         self._resync = self._client.script(scripts.RESYNC)
         self._snapshot = self._client.script(scripts.SNAPSHOT)
+        self._close_room = self._client.script(scripts.CLOSE_ROOM)
+        self._list_rooms = self._client.script(scripts.LIST_ROOMS)
         self._local: dict[str, _Local] = {}
         self._views: dict[str, RedisRoom] = {}
         self._outbox: dict[str, list[bytes]] = {}
@@ -240,8 +244,8 @@ class RedisRooms:
         self.nodes_reaped = 0
         self.evictions = 0
         #: Rooms and live nodes in the whole cluster, as of the last heartbeat.
-        self.cluster_rooms = 0
-        self.cluster_nodes = 0
+        self.rooms_in_cluster = 0
+        self.nodes_in_cluster = 0
         self._prefix_bytes = prefix.encode()
         self._inbox_channel = self._channel(self.node_id)
         #: Inbox markers that ``settled`` and the reconciliation wait for.
@@ -351,8 +355,8 @@ class RedisRooms:
     def counters(self) -> dict[str, int]:
         return {
             "backplane_up": int(self.available),
-            "cluster_rooms": self.cluster_rooms,
-            "cluster_nodes": self.cluster_nodes,
+            "cluster_rooms": self.rooms_in_cluster,
+            "cluster_nodes": self.nodes_in_cluster,
             "relays_published": self.relays_published,
             "relays_lost": self.relays_lost,
             "nodes_reaped": self.nodes_reaped,
@@ -501,6 +505,9 @@ class RedisRooms:
         view = self._views.get(event[1])
         if view is None:
             return
+        if event[0] == "c":
+            self._closed_by_operator(view, event[3])
+            return
         if not view.ready:
             view.early.append(event)
             return
@@ -532,6 +539,36 @@ class RedisRooms:
                 local.held.append((False, number, frame))
             elif local.number < number:
                 local.member.deliver(frame)
+
+    # -- the whole cluster (admin) ---------------------------------------------------
+
+    def cluster_rooms(self, limit: int = 10_000) -> Deferred[dict[str, list[str]]]:
+        """Every room in the cluster (at most ``limit``) and its members in
+        join order, whichever process holds them."""
+
+        def parse(reply: list[Any]) -> dict[str, list[str]]:
+            rooms: dict[str, list[str]] = {}
+            at = 0
+            while at < len(reply):
+                count = int(reply[at + 1])
+                rooms[reply[at].decode()] = [m.decode() for m in reply[at + 2 : at + 2 + count]]
+                at += 2 + count
+            return rooms
+
+        return self._client.run_script(self._list_rooms, args=(self.prefix, limit)).addCallback(
+            parse
+        )
+
+    def close_room(self, room_id: str, reason: str) -> Deferred[int]:
+        """Have every process close the connections of the room's members
+        (``on_room_closed``); fires with how many members the room had."""
+        self._flush()
+        return self._client.run_script(self._close_room, args=(self.prefix, room_id, reason))
+
+    def _closed_by_operator(self, view: RedisRoom, reason: str) -> None:
+        members = [local.member for local in view.local.values()]
+        if members and self.on_room_closed is not None:
+            self.on_room_closed(members, reason)
 
     # -- joins and leaves ------------------------------------------------------------
 
@@ -662,7 +699,7 @@ class RedisRooms:
     def _beaten(self, reply: list[int]) -> None:
         if self._stopping:
             return
-        alive, self.cluster_rooms, self.cluster_nodes = reply
+        alive, self.rooms_in_cluster, self.nodes_in_cluster = reply
         self._last_beat = self._clock.seconds()
         if not alive:
             self._evicted()

@@ -13,7 +13,8 @@ Every script takes the key prefix as ``ARGV[1]``. Keys (``P`` is the prefix):
 Each change is published, as a JSON array, to the inbox channel
 ``P inbox:N`` of every node with members in the room after it:
 ``["j", room, number, member, node]`` for a join, ``["l", room, number,
-member]`` for a leave. Inboxes also carry relayed frames (see rooms.py).
+member]`` for a leave, ``["c", room, 0, reason]`` when the operator closes
+the room. Inboxes also carry relayed frames (see rooms.py).
 """
 
 from __future__ import annotations
@@ -223,6 +224,42 @@ for i = 1, #ids do
   reply[#reply + 1] = ids[i]
   reply[#reply + 1] = members[2 * i]
   reply[#reply + 1] = nodes[i] or ''
+end
+return reply
+"""
+
+#: ARGV: prefix, room, reason. Tells every node with members in the room to
+#: close their connections (``["c", room, 0, reason]``); returns how many
+#: members the room has.
+CLOSE_ROOM = (
+    _COMMON
+    + b"""
+local room = ARGV[2]
+local count = redis.call('ZCARD', P .. 'room:' .. room)
+if count > 0 then
+  publish_room(room, cjson.encode({'c', room, 0, ARGV[3]}))
+end
+return count
+"""
+)
+
+#: ARGV: prefix, the most rooms to list. Returns ``{room, count, member, ...,
+#: room, count, ...}``: rooms with their members in join order.
+LIST_ROOMS = b"""
+local P, limit = ARGV[1], tonumber(ARGV[2])
+local reply = {}
+local listed = 0
+for _, room in ipairs(redis.call('SMEMBERS', P .. 'rooms')) do
+  if listed >= limit then
+    break
+  end
+  listed = listed + 1
+  local members = redis.call('ZRANGE', P .. 'room:' .. room, 0, -1)
+  reply[#reply + 1] = room
+  reply[#reply + 1] = #members
+  for _, member in ipairs(members) do
+    reply[#reply + 1] = member
+  end
 end
 return reply
 """

@@ -11,7 +11,7 @@ from twisted.python import usage
 from txaio import tx as txaio_twisted
 
 from signaling import __version__
-from signaling.admin import Admin
+from signaling.admin import ROOM_CLOSED, Admin
 from signaling.admin.manhole import (
     DEFAULT_AUTH_TIMEOUT,
     DEFAULT_HOST_KEY_PATH,
@@ -376,6 +376,12 @@ def _evict(members: list[Any]) -> None:
         member.close(CLOSE_EVICTED, "server restarting; reconnect")
 
 
+def _close_room(members: list[Any], reason: str) -> None:
+    """Close this process's members of a room the operator closed (on any process)."""
+    for member in members:
+        member.close(ROOM_CLOSED, reason)
+
+
 def _shared_rooms(config: Options, reactor: Any) -> tuple[Any, Any]:
     """The RedisRooms of --redis and the service that starts and stops them."""
     from signaling.backplane.rooms import RedisRooms, RedisRoomsService
@@ -391,6 +397,7 @@ def _shared_rooms(config: Options, reactor: Any) -> tuple[Any, Any]:
         heartbeat=config["node-timeout"] / 5,
         reply_timeout=config["redis-timeout"],
         on_evicted=_evict,
+        on_room_closed=_close_room,
     )
     return rooms, RedisRoomsService(rooms)
 
