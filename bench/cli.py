@@ -96,7 +96,7 @@ async def run_one(name: str, params: dict[str, Any], args: argparse.Namespace) -
             record["failure"] = f"{type(e).__name__}: {e}"
             return record
         record["servers"] = len(server.servers)
-        record["redis"] = server.redis is not None
+        record["redis_prefix"] = server.prefix if server.redis is not None else None
         record["redis_pid_visible"] = server.redis_pid is not None
     else:
         server = await asyncio.to_thread(Server, server_options, args.pin)
