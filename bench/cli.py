@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import cluster, report
 from .crowd import churn, idle, storm
 from .mesh import mesh
 from .relay import relay
@@ -27,6 +27,9 @@ SCENARIOS: dict[str, Scenario] = {
     "idle": idle,
     "mesh": mesh,
     "churn": churn,
+    "cluster-relay": cluster.cluster_relay,
+    "cluster-storm": cluster.cluster_storm,
+    "cluster-loss": cluster.cluster_loss,
 }
 
 
@@ -47,6 +50,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
         return [("mesh", {"members": args.members, "interval": args.interval_ms / 1000})]
     if name == "churn":
         return [("churn", {"clients": args.clients, "batch": args.batch, **_relay_params(args)})]
+    if name == "cluster":
+        return cluster.plan(args)
     timing = {"window": args.duration, "warmup": args.warmup}
     return [
         ("relay", {"pairs": 1, "inflight": 1, **timing}),
@@ -62,7 +67,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
 
 def _bound(params: dict[str, Any], timeout: float) -> float:
     """How long a whole scenario may take before it counts as failed."""
-    measuring = params.get("window", 0) + params.get("warmup", 0) + params.get("hold", 0)
+    measuring = sum(params.get(key, 0) for key in ("window", "warmup", "hold", "settle"))
     return 2 * measuring + 3 * timeout + params.get("clients", 0) / 100
 
 
@@ -83,7 +88,18 @@ async def run_one(name: str, params: dict[str, Any], args: argparse.Namespace) -
     if name == "idle" and args.ping_interval is not None:
         server_options += ["--ping-interval", str(args.ping_interval)]
     record["server_options"] = server_options
-    server = await asyncio.to_thread(Server, server_options, args.pin)
+    server: Server | cluster.Cluster
+    if name.startswith("cluster-"):
+        try:
+            server = await asyncio.to_thread(cluster.start, name, params, args)
+        except Exception as e:
+            record["failure"] = f"{type(e).__name__}: {e}"
+            return record
+        record["servers"] = len(server.servers)
+        record["redis_prefix"] = server.prefix if server.redis is not None else None
+        record["redis_pid_visible"] = server.redis_pid is not None
+    else:
+        server = await asyncio.to_thread(Server, server_options, args.pin)
     bound = _bound(params, args.timeout)
     tally = Tally()
     try:
@@ -206,6 +222,43 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("all", parents=[common, relay_timing], help="every scenario at full size")
     p.add_argument("--hold", type=float, default=30.0, help="idle: seconds held (default: 30)")
     p.set_defaults(ping_interval=None)
+    p = sub.add_parser(
+        "cluster",
+        parents=[common, relay_shape, relay_timing],
+        help="rooms shared through Redis: relay across processes, join storm, node loss",
+    )
+    p.add_argument(
+        "--redis",
+        default=cluster.DEFAULT_REDIS,
+        metavar="URL",
+        help="the Redis on this machine the servers share (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, help="runs of each setup, interleaved (default: 3)"
+    )
+    p.add_argument(
+        "--setups",
+        default=",".join(cluster.SETUPS),
+        help="relay setups, of split (rooms across 2 processes), local (1 process with "
+        "--redis), plain (1 process without) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--storm-clients",
+        type=int,
+        default=2000,
+        help="join storm over 2 processes, rooms of 2 spanning both (0: none; default: 2000)",
+    )
+    p.add_argument(
+        "--losses", type=int, default=3, help="node-loss measurements (0: none; default: 3)"
+    )
+    p.add_argument(
+        "--loss-pairs", type=int, default=10, help="pairs split over the 2 processes (default: 10)"
+    )
+    p.add_argument(
+        "--node-timeout",
+        type=float,
+        help="the servers' --node-timeout (default: the server's, 5 s)",
+    )
     return top
 
 
@@ -230,5 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             runner = uvloop.run
     records = runner(run(args))
     print(report.table(records))
+    if args.scenario == "cluster":
+        print("\n" + cluster.summary(records))
     print(f"\nresults appended to {args.results}")
     return 0 if all(r["ok"] and not r["errors"] for r in records) else 1

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
-from .server import Server
+
+class Measured(Protocol):
+    """A server, or several: CPU seconds so far (summed)."""
+
+    def cpu_seconds(self) -> float: ...
 
 
 class Meter:
     """Wall time, this process's CPU and the server's CPU between start and stop."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Measured) -> None:
         self.server = server
         self.start()
 

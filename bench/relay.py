@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .measure import Meter, percentile
@@ -81,8 +82,61 @@ class Pair:
         return self.offers_sent - self.offers_received + self.answers_sent - self.answers_received
 
 
-def _per_message(seconds: float, messages: int) -> float | None:
+def per_message(seconds: float, messages: int) -> float | None:
     return 1e6 * seconds / messages if messages else None
+
+
+async def drive(
+    run: Run,
+    all_pairs: list[Pair],
+    meter: Callable[[], Meter],
+    tally: Tally,
+    inflight: int,
+    window: float,
+    warmup: float,
+    drain: float,
+) -> tuple[int, dict[str, float]]:
+    """Keep ``inflight`` offers in flight per pair; after ``warmup``, measure
+    for ``window`` (with the meter ``meter`` starts); then stop sending and
+    wait (at most ``drain`` seconds) for every answer.
+    Returns the messages relayed in the window and the meter's figures."""
+    now = time.perf_counter()
+    for pair in all_pairs:
+        for _ in range(inflight):
+            pair.send_offer(now)
+    await asyncio.sleep(warmup)
+
+    measuring = meter()
+    delivered = run.delivered
+    run.measuring = True
+    await asyncio.sleep(window)
+    run.measuring = False
+    delivered = run.delivered - delivered
+    usage = measuring.stop()
+
+    run.sending = False
+    deadline = time.monotonic() + drain
+    while any(p.sent_at for p in all_pairs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    lost = sum(p.lost for p in all_pairs)
+    if lost:
+        tally.error("lost", f"{lost} messages sent but not received after {drain} s", lost)
+    return delivered, usage
+
+
+def relay_figures(run: Run, delivered: int, usage: dict[str, float]) -> dict[str, Any]:
+    latencies = sorted(run.latencies)
+    return {
+        "msgs_per_s": delivered / usage["seconds"],
+        "relayed": delivered,
+        "round_trips": len(latencies),
+        "rtt_p50_us": 1e6 * percentile(latencies, 0.50),
+        "rtt_p90_us": 1e6 * percentile(latencies, 0.90),
+        "rtt_p99_us": 1e6 * percentile(latencies, 0.99),
+        "window_s": usage["seconds"],
+        "server_cpu_us_per_msg": per_message(usage["server_cpu_seconds"], delivered),
+        "generator_cpu_us_per_msg": per_message(usage["generator_cpu_seconds"], delivered),
+    }
 
 
 async def relay(
@@ -104,44 +158,15 @@ async def relay(
         rooms.verify()
         run = Run()
         all_pairs = [Pair(run, *members) for members in rooms.members.values()]
-        now = time.perf_counter()
-        for pair in all_pairs:
-            for _ in range(inflight):
-                pair.send_offer(now)
-        await asyncio.sleep(warmup)
-
-        meter = Meter(server)
-        delivered = run.delivered
-        run.measuring = True
-        await asyncio.sleep(window)
-        run.measuring = False
-        delivered = run.delivered - delivered
-        usage = meter.stop()
-
-        run.sending = False
-        deadline = time.monotonic() + drain
-        while any(p.sent_at for p in all_pairs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        lost = sum(p.lost for p in all_pairs)
-        if lost:
-            tally.error("lost", f"{lost} messages sent but not received after {drain} s", lost)
+        delivered, usage = await drive(
+            run, all_pairs, lambda: Meter(server), tally, inflight, window, warmup, drain
+        )
         await tally.close(clients, timeout)
     finally:
         tally.abort_all()
 
-    latencies = sorted(run.latencies)
     return {
-        "figures": {
-            "msgs_per_s": delivered / usage["seconds"],
-            "relayed": delivered,
-            "round_trips": len(latencies),
-            "rtt_p50_us": 1e6 * percentile(latencies, 0.50),
-            "rtt_p90_us": 1e6 * percentile(latencies, 0.90),
-            "rtt_p99_us": 1e6 * percentile(latencies, 0.99),
-            "window_s": usage["seconds"],
-            "server_cpu_us_per_msg": _per_message(usage["server_cpu_seconds"], delivered),
-            "generator_cpu_us_per_msg": _per_message(usage["generator_cpu_seconds"], delivered),
-        },
+        "figures": relay_figures(run, delivered, usage),
         "generator_cpu_pct": usage["generator_cpu_pct"],
         "server_cpu_pct": usage["server_cpu_pct"],
     }

@@ -64,6 +64,21 @@ def headline(record: dict[str, Any]) -> str:
             f"{f['rtt_p50_us']:,.0f}/{f['rtt_p90_us']:,.0f}/{f['rtt_p99_us']:,.0f} us, "
             f"server {f['server_cpu_us_per_msg'] or 0:.1f} us CPU/msg"
         )
+    if scenario == "cluster-relay":
+        redis = f["redis_cpu_us_per_msg"]
+        return (
+            f"{record['params']['setup']}: {f['msgs_per_s']:,.0f} msgs/s, rtt p50 "
+            f"{f['rtt_p50_us']:,.0f} us, servers {f['server_cpu_us_per_msg'] or 0:.1f}"
+            + ("" if redis is None else f" + Redis {redis:.1f}")
+            + " us CPU/msg"
+        )
+    if scenario == "cluster-storm":
+        redis = f["redis_cpu_seconds"]
+        return f"{f['seconds']:.3f} s, servers {f['server_cpu_seconds']:.2f} s CPU" + (
+            "" if redis is None else f", Redis {redis:.2f} s"
+        )
+    if scenario == "cluster-loss":
+        return f"leave-client after {f['first_leave_s']:.2f} s (last {f['last_leave_s']:.2f} s)"
     if scenario in ("storm", "mesh"):
         return f"{f['seconds']:.3f} s, server {f['server_cpu_seconds']:.2f} s CPU"
     if scenario == "idle":

@@ -44,9 +44,10 @@ class Rooms:
         self.expected_new = full * size * (size - 1) // 2 + rest * (rest - 1) // 2
         self._check_done()
 
-    def join(self, client: WsClient) -> None:
-        """Send ``client`` (which just got its id) into the next room with space."""
-        room_id = f"{self.prefix}-{self.arrived // self.room_size}"
+    def join(self, client: WsClient, room: int | None = None) -> None:
+        """Send ``client`` (which just got its id) into room number ``room``,
+        by default the next room with space."""
+        room_id = f"{self.prefix}-{self.arrived // self.room_size if room is None else room}"
         self.arrived += 1
         self.members.setdefault(room_id, []).append(client)
         self.seen[client] = []

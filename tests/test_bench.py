@@ -20,6 +20,9 @@ from bench.sdp import SDP_BYTES, make_sdp, relayed
 from bench.twistd import ROOT, source_env
 from bench.wsclient import OP_PING, OP_PONG, OP_TEXT, Tally, WsClient, client_frame
 
+from .redis_rooms import require_redis_rooms
+from .redis_servers import redis_keys, require_shared
+
 # -- the client, without a server ---------------------------------------------
 
 
@@ -188,21 +191,12 @@ def only_clean(code: int, records: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(record["figures"])
 
 
+#: Two pairs, two offers in flight each, half a second measured.
+TINY_RELAY = ("--pairs", "2", "--window", "2", "--duration", "0.5", "--warmup", "0.2")
+
+
 def test_relay(tmp_path: Path) -> None:
-    figures = only_clean(
-        *run_bench(
-            tmp_path,
-            "relay",
-            "--pairs",
-            "2",
-            "--window",
-            "2",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.2",
-        )
-    )
+    figures = only_clean(*run_bench(tmp_path, "relay", *TINY_RELAY))
     assert figures["msgs_per_s"] > 200
     assert figures["round_trips"] * 2 <= figures["relayed"] + 4
     assert 0 < figures["rtt_p50_us"] <= figures["rtt_p90_us"] <= figures["rtt_p99_us"] < 5e6
@@ -303,3 +297,49 @@ def test_a_scenario_that_cannot_finish_fails_in_bounded_time(tmp_path: Path) -> 
     assert not record["ok"]
     assert record["failure"].startswith("timed out")
     assert record["error_kinds"] == {"server error room_full": 2}
+
+
+def test_cluster(tmp_path: Path) -> None:
+    require_redis_rooms()
+    require_shared()
+    code, records = run_bench(
+        tmp_path,
+        "cluster",
+        *TINY_RELAY,
+        "--rounds",
+        "1",
+        "--storm-clients",
+        "20",
+        "--losses",
+        "1",
+        "--loss-pairs",
+        "2",
+        "--node-timeout",
+        "1",
+        limit=90,
+    )
+    assert code == 0
+    assert [(r["scenario"], r["params"].get("setup")) for r in records] == [
+        ("cluster-relay", "split"),
+        ("cluster-relay", "local"),
+        ("cluster-relay", "plain"),
+        ("cluster-storm", None),
+        ("cluster-loss", None),
+    ]
+    assert all(r["ok"] and r["errors"] == 0 for r in records), records
+    split, local, plain, storm, loss = (r["figures"] for r in records)
+    assert [r["servers"] for r in records] == [2, 1, 1, 2, 2]
+    for figures in (split, local, plain):
+        assert figures["msgs_per_s"] > 100
+        assert 0 < figures["rtt_p50_us"] <= figures["rtt_p99_us"] < 5e6
+        assert figures["server_cpu_us_per_msg"] > 0
+    if records[0]["redis_pid_visible"]:  # Redis runs on this machine
+        assert split["redis_cpu_us_per_msg"] > 0
+    assert plain["redis_cpu_us_per_msg"] is None
+    assert 0 < storm["seconds"] < 10 and storm["server_cpu_seconds"] > 0
+    # a node is declared dead once its liveness key expires (1 s), seen at a
+    # heartbeat (every 0.2 s)
+    assert 0.5 < loss["first_leave_s"] <= loss["last_leave_s"] < 5
+    for record in records:  # each run's keys were deleted after it
+        if record["redis_prefix"]:
+            assert not redis_keys(record["redis_prefix"])
