@@ -167,7 +167,7 @@ def test_kill_9_of_a_process_removes_its_clients_within_the_timeout(
     a.join("r")
     b.join("r")
     a.expect("new-client")
-    time.sleep(4.5)  # past the 2 x timeout grace after connecting
+    time.sleep(4.5)  # past the first process's grace (2 x timeout: no process had refreshed)
     healthz_node_before = node_of(two)
     two.signal(signal.SIGKILL)
     killed = time.monotonic()

@@ -228,6 +228,7 @@ class RedisRooms:
         self._local: dict[str, _Local] = {}
         self._views: dict[str, RedisRoom] = {}
         self._outbox: dict[str, list[bytes]] = {}
+        self._outbox_sizes: dict[str, int] = {}
         self._flush_call: DelayedCall | None = None
         self._beat_call: DelayedCall | None = None
         self._reconcile_call: DelayedCall | None = None
@@ -423,10 +424,12 @@ class RedisRooms:
         box = self._outbox.get(node)
         if box is None:
             box = self._outbox[node] = [_RELAYS]
+            self._outbox_sizes[node] = 1
         target = target_id.encode()
         box.append(_RECORD.pack(len(target), len(data), number))
         box.append(target)
         box.append(data)
+        self._outbox_sizes[node] += _RECORD.size + len(target) + len(data)
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self._flush)
         return True
@@ -438,9 +441,10 @@ class RedisRooms:
         if not self._outbox:
             return
         boxes, self._outbox = self._outbox, {}
+        sizes, self._outbox_sizes = self._outbox_sizes, {}
         for node, parts in boxes.items():
             count = (len(parts) - 1) // 3
-            self._client.publish(self._channel(node), b"".join(parts)).addCallbacks(
+            self._client.publish_parts(self._channel(node), parts, sizes[node]).addCallbacks(
                 self._published,
                 self._not_published,
                 callbackArgs=(count, node),
@@ -664,7 +668,6 @@ class RedisRooms:
 
     def _commands_up(self) -> None:
         self._registered = False
-        self._reap_after = self._clock.seconds() + 2 * self.ttl
         self._beat()
 
     def _commands_down(self) -> None:
@@ -699,12 +702,17 @@ class RedisRooms:
     def _beaten(self, reply: list[int]) -> None:
         if self._stopping:
             return
-        alive, self.rooms_in_cluster, self.nodes_in_cluster = reply
-        self._last_beat = self._clock.seconds()
+        alive, self.rooms_in_cluster, self.nodes_in_cluster, gap = reply
+        self._last_beat = now = self._clock.seconds()
         if not alive:
             self._evicted()
             return
         if not self._registered:
+            if gap < 0 or gap > self.ttl * 1000:
+                # No node refreshed for longer than the TTL (Redis was down,
+                # or is new): every key may have expired; give every live
+                # node the time to refresh before declaring any dead.
+                self._reap_after = now + 2 * self.ttl
             self._register()
         elif self._clock.seconds() >= self._reap_after:
             self._client.run_script(
@@ -775,6 +783,7 @@ class RedisRooms:
         self._local.clear()
         self._views.clear()
         self._outbox.clear()
+        self._outbox_sizes.clear()
         self._subscriber.unsubscribe(self._inbox_channel).addErrback(lambda _: None)
         self.node_id = new_node_id()
         self._inbox_channel = self._channel(self.node_id)

@@ -8,7 +8,8 @@ Every script takes the key prefix as ``ARGV[1]``. Keys (``P`` is the prefix):
 - ``P room:R:nodes``: hash, member -> the node (process) that holds it;
 - ``P node:N``: hash, member -> room, of node N (what to remove if N dies);
 - ``P nodes``: the set of live nodes; ``P node:N:alive``: a key with a TTL
-  that node N refreshes; ``P node:N:dead``: set when N was declared dead.
+  that node N refreshes; ``P node:N:dead``: set when N was declared dead;
+- ``P beat``: when (Redis's clock, ms) any node last refreshed its key.
 
 Each change is published, as a JSON array, to the inbox channel
 ``P inbox:N`` of every node with members in the room after it:
@@ -118,8 +119,10 @@ return nil
 )
 
 #: ARGV: prefix, node, TTL in milliseconds. Refreshes the node's liveness.
-#: Returns ``{alive, rooms, nodes}``: alive is 0 if the node was declared dead
-#: (it must start over), then the number of rooms and of live nodes.
+#: Returns ``{alive, rooms, nodes, gap}``: alive is 0 if the node was declared
+#: dead (it must start over); then the number of rooms and of live nodes; and
+#: the milliseconds since any node last refreshed (``P beat``), -1 if none
+#: ever did (a new or emptied Redis).
 HEARTBEAT = b"""
 local P, node = ARGV[1], ARGV[2]
 local alive = 0
@@ -128,7 +131,15 @@ if redis.call('EXISTS', P .. 'node:' .. node .. ':dead') == 0 then
   redis.call('SADD', P .. 'nodes', node)
   alive = 1
 end
-return {alive, redis.call('SCARD', P .. 'rooms'), redis.call('SCARD', P .. 'nodes')}
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local last = redis.call('GET', P .. 'beat')
+local gap = -1
+if last then
+  gap = now - tonumber(last)
+end
+redis.call('SET', P .. 'beat', now)
+return {alive, redis.call('SCARD', P .. 'rooms'), redis.call('SCARD', P .. 'nodes'), gap}
 """
 
 #: ARGV: prefix, this node, seconds to remember a dead node. Declares dead
