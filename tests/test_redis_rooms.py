@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,36 @@ def test_the_operator_lists_and_closes_rooms_across_the_cluster() -> None:
         settle(one, two)
         assert sorted(closed) == [(["a"], "maintenance"), (["b", "c"], "maintenance")]
         assert on_reactor(one.target.close_room, "nowhere", "x") == 0
+
+
+def test_relays_are_refused_while_redis_is_behind(tmp_path: Path) -> None:
+    """Relays to other nodes wait in memory until Redis acknowledges them;
+    past ``max_backlog`` bytes they are refused, and accepted again once
+    Redis catches up."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    assert server.process is not None
+    try:
+        with nodes(2, url=server.url(), max_backlog=20_000, reply_timeout=30) as (one, two):
+            a, b = FakeMember("a"), FakeMember("b")
+            room = joined(one, "r", a).room
+            joined(two, "r", b)
+            settle(one, two)
+            frame = messages.relayed("offer", "a", "x" * 2500)
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                accepted = 0
+                with pytest.raises(RoomsUnavailable):
+                    for _ in range(100):
+                        room.send("b", frame)
+                        accepted += 1
+                        time.sleep(0.005)  # each in a reactor turn of its own
+                assert 7 <= accepted <= 10, accepted  # 20,000 bytes of about 2,560 each
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            settle(one, two)
+            assert room.send("b", frame) is True
+            settle(one, two)
+            assert b.received.count(frame) == accepted + 1
+    finally:
+        server.stop()

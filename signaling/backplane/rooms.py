@@ -168,7 +168,9 @@ class RedisRooms:
     their rooms). ``heartbeat`` seconds between liveness refreshes and
     checks; a node is declared dead ``ttl`` seconds after its last refresh.
     ``reply_timeout``: seconds a reply from Redis may be overdue before the
-    connection is dropped and made again.
+    connection is dropped and made again. ``max_backlog``: bytes of relays
+    sent to Redis and not yet answered beyond which relays to other nodes
+    are refused (Redis is behind; what waits is in this process's memory).
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class RedisRooms:
         reactor: Any = None,
         retry_policy: Callable[[int], float] | None = None,
         reply_timeout: float = 5.0,
+        max_backlog: int = 16 * 1024 * 1024,
     ) -> None:
         self.address = address
         self.prefix = prefix
@@ -195,6 +198,7 @@ class RedisRooms:
         self.ttl = ttl
         self.on_evicted = on_evicted
         self.on_room_closed = on_room_closed
+        self.max_backlog = max_backlog
         self._clock = clock
         self.node_id = new_node_id()
         options: dict[str, Any] = {
@@ -229,6 +233,8 @@ class RedisRooms:
         self._views: dict[str, RedisRoom] = {}
         self._outbox: dict[str, list[bytes]] = {}
         self._outbox_sizes: dict[str, int] = {}
+        #: Bytes of relays published whose reply has not come yet.
+        self._unanswered = 0
         self._flush_call: DelayedCall | None = None
         self._beat_call: DelayedCall | None = None
         self._reconcile_call: DelayedCall | None = None
@@ -421,6 +427,8 @@ class RedisRooms:
     def _relay(self, node: str, target_id: str, number: int, data: bytes) -> bool:
         if not self._client.connected or self._stopping:
             raise RoomsUnavailable("the server of this client cannot be reached; try again shortly")
+        if self._unanswered > self.max_backlog:
+            raise RoomsUnavailable("the rooms' store is behind; try again shortly")
         box = self._outbox.get(node)
         if box is None:
             box = self._outbox[node] = [_RELAYS]
@@ -444,21 +452,25 @@ class RedisRooms:
         sizes, self._outbox_sizes = self._outbox_sizes, {}
         for node, parts in boxes.items():
             count = (len(parts) - 1) // 3
-            self._client.publish_parts(self._channel(node), parts, sizes[node]).addCallbacks(
+            size = sizes[node]
+            self._unanswered += size
+            self._client.publish_parts(self._channel(node), parts, size).addCallbacks(
                 self._published,
                 self._not_published,
-                callbackArgs=(count, node),
-                errbackArgs=(count, node),
+                callbackArgs=(count, node, size),
+                errbackArgs=(count, node, size),
             )
 
-    def _published(self, receivers: int, count: int, node: str) -> None:
+    def _published(self, receivers: int, count: int, node: str, size: int) -> None:
+        self._unanswered -= size
         if receivers:
             self.relays_published += count
         else:
             # The node is gone (its members are about to be removed).
             self.relays_lost += count
 
-    def _not_published(self, failure: Failure, count: int, node: str) -> None:
+    def _not_published(self, failure: Failure, count: int, node: str, size: int) -> None:
+        self._unanswered -= size
         self.relays_lost += count
         _log.warn(
             "{count} relayed messages to node {node} may be lost: {error}",

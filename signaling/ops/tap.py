@@ -174,6 +174,15 @@ class Options(usage.Options):
             parse_seconds,
         ],
         [
+            "redis-max-backlog",
+            None,
+            16 * 1024 * 1024,
+            "With --redis: bytes of relayed messages sent to Redis and not yet "
+            "acknowledged beyond which relays to other processes get 'unavailable' "
+            "(Redis is behind; what waits is held in memory).",
+            parse_positive_int,
+        ],
+        [
             "node-timeout",
             None,
             5.0,
@@ -396,6 +405,7 @@ def _shared_rooms(config: Options, reactor: Any) -> tuple[Any, Any]:
         ttl=config["node-timeout"],
         heartbeat=config["node-timeout"] / 5,
         reply_timeout=config["redis-timeout"],
+        max_backlog=config["redis-max-backlog"],
         on_evicted=_evict,
         on_room_closed=_close_room,
     )
