@@ -34,6 +34,18 @@ def healthz(port: int) -> tuple[int, dict[str, Any]]:
         return e.code, json.loads(e.read())
 
 
+def metric_values(port: int) -> dict[str, float]:
+    """The unlabelled samples of /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            values[name] = float(value)
+    return values
+
+
 def registered(port: int) -> bool:
     return healthz(port)[1].get("status") == "ok"
 
@@ -103,6 +115,11 @@ def test_the_whole_protocol_across_two_processes(cluster: Start, clients: Any, p
         assert a.expect("candidate")["candidate"] == {"candidate": f"c{i}"}
     a.send("offer", {"client_id": "nobody", "sdp": "x"})
     assert a.expect_error("unknown_client")["client_id"] == "nobody"
+    metrics = metric_values(one.port)
+    assert metrics["signaling_backplane_up"] == 1
+    assert metrics["signaling_relays_published_total"] >= 1  # a's offer
+    assert wait_for(lambda: metric_values(two.port)["signaling_cluster_rooms"] == 1)
+    assert metric_values(two.port)["signaling_cluster_nodes"] == 2
     b.send("leave")
     assert a.expect("leave-client") == {"client_id": b.id}
     a.send("leave")
