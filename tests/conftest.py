@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -45,6 +46,16 @@ def ca() -> CertificateAuthority:
 def ca_file(tmp_path: Path, ca: CertificateAuthority) -> Path:
     """The root certificate of ``ca``, for clients to trust."""
     return ca.write_root(tmp_path / "ca.pem")
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd's notification socket (a path)."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(TIMEOUT)
+        yield sock, str(path)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from bench.twistd import ROOT, source_env, twistd, twistd_argv
+from bench.twistd import ROOT, ServerProcess, source_env, twistd, twistd_argv
 from signaling.ops.systemd import notify, notify_address
 
 from .conftest import TIMEOUT, Client
@@ -38,16 +39,6 @@ EXEC_AS_SYSTEMD = (
 
 
 @pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket standing in for systemd's notification socket (a path)."""
-    path = tmp_path / "notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(path))
-        sock.settimeout(TIMEOUT)
-        yield sock, str(path)
-
-
-@pytest.fixture
 def abstract_notify_socket() -> Iterator[tuple[socket.socket, str]]:
     """The same in the abstract namespace, named with a leading @ as systemd does."""
     name = f"signaling-test-{os.getpid()}-{id(object())}"
@@ -55,6 +46,25 @@ def abstract_notify_socket() -> Iterator[tuple[socket.socket, str]]:
         sock.bind("\0" + name)
         sock.settimeout(TIMEOUT)
         yield sock, "@" + name
+
+
+def socket_activated(
+    cwd: Path, listening: socket.socket, notify_path: str, *args: str
+) -> contextlib.AbstractContextManager[ServerProcess]:
+    """twistd signaling ARGS started as systemd starts a service: with the
+    listening socket (named ``signaling``) and NOTIFY_SOCKET=``notify_path``."""
+    env = source_env() | {
+        "LISTEN_FDS": "1",
+        "LISTEN_FDNAMES": "signaling",
+        "NOTIFY_SOCKET": notify_path,
+    }
+    return twistd(
+        cwd,
+        *args,
+        env=env,
+        wrapper=[sys.executable, "-c", EXEC_AS_SYSTEMD, str(listening.fileno())],
+        pass_fds=(listening.fileno(),),
+    )
 
 
 def received(sock: socket.socket) -> list[str]:
@@ -119,21 +129,14 @@ def test_socket_activation(
         listening.bind((address, 0))
         listening.listen()
         port = listening.getsockname()[1]
-        env = source_env() | {
-            "LISTEN_FDS": "1",
-            "LISTEN_FDNAMES": "signaling",
-            "NOTIFY_SOCKET": notify_path,
-        }
-        wrapper = [sys.executable, "-c", EXEC_AS_SYSTEMD, str(listening.fileno())]
-        with twistd(
+        with socket_activated(
             tmp_path,
+            listening,
+            notify_path,
             "--listen",
             f"systemd:domain={domain}:name=signaling",
             "--log-level",
             "debug",
-            env=env,
-            wrapper=wrapper,
-            pass_fds=(listening.fileno(),),
         ) as server:
             assert "READY=1" in received(notifications)
             listening.close()  # from now on only the server holds the socket

@@ -39,7 +39,7 @@ from signaling.ops.workers import (
 
 from .certs import CertificateAuthority
 from .conftest import TIMEOUT, Client, wait_for
-from .test_systemd import EXEC_AS_SYSTEMD, received
+from .test_systemd import received, socket_activated
 from .test_wss import served_name, wss_client
 from .twistd_process import free_port, usage_error, wait_unix_listening
 
@@ -115,14 +115,16 @@ def refused(port: int) -> bool:
     return False
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket standing in for systemd's notification socket."""
-    path = tmp_path / "notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(path))
-        sock.settimeout(TIMEOUT)
-        yield sock, str(path)
+def restarted(server: ServerProcess, index: int, pid: int, how: str, mark: int) -> int:
+    """Wait until the supervisor has restarted worker ``index`` after its
+    process ``pid`` ended (``how``, a pattern); return the new pid once ready."""
+    server.wait_for(
+        rf"\[signaling\.ops\.workers#error\] worker {index} \(pid {pid}\) {how} "
+        rf"after [\d.]+s; restarting it in {RESTART_DELAY}s$",
+        after=mark,
+    )
+    line = server.wait_for(rf"\] worker {index} ready \(pid (\d+)\)$", after=mark)
+    return int(line.group(1))
 
 
 def open_client(port: int) -> ClientConnection:
@@ -305,14 +307,9 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(tmp_path: Path)
         before = started_workers(server)
         mark = server.mark()
         os.kill(before[1], signal.SIGKILL)
-        server.wait_for(
-            rf"\[signaling\.ops\.workers#error\] worker 1 \(pid {before[1]}\) was killed by "
-            rf"SIGKILL after [\d.]+s; restarting it in {RESTART_DELAY}s$",
-            after=mark,
-        )
+        server.wait_for(rf"worker 1 \(pid {before[1]}\) was killed by SIGKILL", after=mark)
         assert healthz(port)["pid"] == before[0]  # meanwhile worker 0 serves alone
-        line = server.wait_for(r"\] worker 1 ready \(pid (\d+)\)$", after=mark)
-        after = int(line.group(1))
+        after = restarted(server, 1, before[1], "was killed by SIGKILL", mark)
         assert after not in before.values() and parent_of(after) == server.pid
         assert gone(before[1])
         want = {(0, before[0]), (1, after)}
@@ -337,14 +334,9 @@ def test_a_worker_stopped_from_outside_is_restarted_too(tmp_path: Path) -> None:
         before = started_workers(server)
         mark = server.mark()
         os.kill(before[0], signal.SIGTERM)
-        server.wait_for(
-            rf"worker 0 \(pid {before[0]}\) exited with status 0 after [\d.]+s; "
-            r"restarting it in",
-            after=mark,
-        )
-        line = server.wait_for(r"\] worker 0 ready \(pid (\d+)\)$", after=mark)
+        after = restarted(server, 0, before[0], "exited with status 0", mark)
         assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o660
-        want = {(0, int(line.group(1))), (1, before[1])}
+        want = {(0, after), (1, before[1])}
         assert serving_workers(lambda: unix_healthz(path), want) == want
         server.signal(signal.SIGTERM)
         assert server.wait_exit() == 0
@@ -502,25 +494,22 @@ def test_systemd_hears_ready_once_every_worker_is(
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         port = listening.getsockname()[1]
-        env = source_env() | {
-            "LISTEN_FDS": "1",
-            "LISTEN_FDNAMES": "signaling",
-            "NOTIFY_SOCKET": notify_path,
-        }
-        with twistd(
+        with socket_activated(
             tmp_path,
+            listening,
+            notify_path,
             "--listen",
             "systemd:domain=INET:name=signaling",
             "--workers",
             "2",
-            env=env,
-            wrapper=[sys.executable, "-c", EXEC_AS_SYSTEMD, str(listening.fileno())],
-            pass_fds=(listening.fileno(),),
         ) as server:
             assert received(notifications)[0] == "READY=1"
             listening.close()  # from now on only the server holds the socket
-            output = server.output
-            assert "worker 0 ready" in output and "worker 1 ready" in output
+            server.wait_for(r"told systemd READY=1")
+            lines = server.output.splitlines()
+            told = next(i for i, line in enumerate(lines) if "told systemd READY=1" in line)
+            for index in (0, 1):
+                assert any(f"] worker {index} ready (pid" in line for line in lines[:told])
             workers = started_workers(server)
             want = {(index, pid) for index, pid in workers.items()}
             assert serving_workers(lambda: healthz(port), want) == want
