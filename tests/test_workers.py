@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -470,18 +471,31 @@ def test_a_crash_loop_backs_off(
 
 
 def test_json_log_lines_name_their_worker(tmp_path: Path) -> None:
+    """With the JSON logger, the workers' records (their standard error's
+    lines too) come out on the supervisor's standard output, each with a
+    ``worker`` field. (The supervisor's own standard error is the
+    interpreter's, e.g. a library's import-time warnings.)"""
     twistd_script = str(Path(sys.executable).parent / "twistd")
     argv = [twistd_script, "--nodaemon", "--pidfile=", "--logger", "signaling.logs.json_observer"]
     argv += ["signaling", *LOCAL, "--workers", "2"]
-    server = ServerProcess(argv, tmp_path, source_env())
+    stdout = tmp_path / "stdout"
+    with stdout.open("wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=tmp_path, env=source_env(), stdout=out, stderr=subprocess.DEVNULL
+        )
     try:
-        server.wait_for(r'"message":"all 2 workers ready"')
+        assert wait_for(
+            lambda: b'"message":"all 2 workers ready"' in stdout.read_bytes(), STARTUP_TIMEOUT
+        ), stdout.read_text()
     finally:
-        server.stop()
-    records = [json.loads(line) for line in server.output.splitlines()]
+        process.terminate()
+        assert process.wait(STARTUP_TIMEOUT) == 0
+    records = [json.loads(line) for line in stdout.read_text().splitlines()]
     connect_lines = [r for r in records if r["message"].startswith("clients connect to")]
     assert sorted(r.get("worker") for r in connect_lines if "worker" in r) == [0, 1]
     assert any("worker" not in r for r in connect_lines)  # the supervisor's own
+    shut_down = {r.get("worker") for r in records if r["message"] == "Server Shut Down."}
+    assert shut_down == {None, 0, 1}  # the workers and the supervisor
 
 
 def test_systemd_hears_ready_once_every_worker_is(
