@@ -20,7 +20,7 @@ from bench.twistd import ROOT, ServerProcess, source_env, twistd, twistd_argv
 from signaling.ops.systemd import notify, notify_address
 
 from .conftest import TIMEOUT, Client
-from .twistd_process import assert_serves, usage_error
+from .twistd_process import assert_serves, get_healthz, usage_error
 
 UNITS = ROOT / "contrib" / "systemd"
 INSTALLED_TWISTD = "/opt/signaling/bin/twistd"
@@ -155,6 +155,44 @@ def test_socket_activation(
             server.signal(signal.SIGTERM)
             assert "STOPPING=1" in received(notifications)
             assert server.wait_exit() == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_socket_activated_unix_socket_stays_as_its_unit_made_it(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str], workers: str
+) -> None:
+    """SocketMode=, Backlog= and the socket's file are the socket unit's:
+    serving, and stopping, leave them as they were, so the next start (or
+    nginx, meanwhile) still finds the socket."""
+    notifications, notify_path = notify_socket
+    path = tmp_path / "signaling.sock"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        path.chmod(0o660)
+        listening.listen(77)
+        with socket_activated(
+            tmp_path,
+            listening,
+            notify_path,
+            "--listen",
+            "systemd:domain=UNIX:name=signaling",
+            "--workers",
+            workers,
+        ) as server:
+            assert "READY=1" in received(notifications)
+            connection = socket.socket(socket.AF_UNIX)
+            connection.connect(str(path))
+            assert get_healthz(connection, TIMEOUT)[0] == 200
+            assert path.stat().st_mode & 0o777 == 0o660
+            listing = subprocess.run(
+                ["ss", "-Hlx", "src", str(path)], capture_output=True, check=True, text=True
+            ).stdout.split()
+            assert listing[:2] == ["u_str", "LISTEN"] and listing[3] == "77", listing
+            server.signal(signal.SIGTERM)
+            assert server.wait_exit() == 0
+        assert path.exists()
+        with socket.socket(socket.AF_UNIX) as waiting:
+            waiting.connect(str(path))  # queued for the next start
 
 
 def test_socket_activation_with_an_unknown_name_is_a_usage_error(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from .certs import CertificateAuthority
 from .conftest import TIMEOUT, Client, wait_for
 from .test_systemd import received, socket_activated
 from .test_wss import served_name, wss_client
-from .twistd_process import free_port, usage_error, wait_unix_listening
+from .twistd_process import free_port, get_healthz, usage_error, wait_unix_listening
 
 LOCAL = ("--interface", "127.0.0.1", "--port", "0")
 
@@ -70,15 +70,11 @@ def healthz(port: int, status: int = 200) -> dict[str, Any]:
 
 
 def unix_healthz(path: Path) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(TIMEOUT)
-        sock.connect(str(path))
-        sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    """/healthz over a new connection to the unix socket at ``path``."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(path))
+    status, body = get_healthz(sock, TIMEOUT)
+    assert status == 200
     return json.loads(body)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
@@ -313,7 +313,7 @@ class ListeningService(StreamServerEndpointService):
         on_listening: Callable[[IListeningPort], object] | None = None,
     ) -> None:
         if endpoint is None:
-            endpoint = serverFromString(reactor, description)
+            endpoint = _systemd_unix_socket_as_made(reactor, serverFromString(reactor, description))
         super().__init__(_ReportingEndpoint(endpoint, self), factory)
         self.option = option
         self.description = description
@@ -443,6 +443,21 @@ class _OnListening:
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         return self.endpoint.listen(protocolFactory).addCallback(self.prepare)
+
+
+def _systemd_unix_socket_as_made(
+    reactor: Any, endpoint: IStreamServerEndpoint
+) -> IStreamServerEndpoint:
+    """A unix socket from systemd (``systemd:domain=UNIX``) served as its
+    socket unit made it: Twisted would adopt it as one of its own, chmod its
+    file to 0666 (over ``SocketMode=``), listen again with a backlog of 50
+    (over ``Backlog=``) and remove the file on stop, leaving the unit's
+    socket unreachable for the next start."""
+    if isinstance(endpoint, AdoptedStreamServerEndpoint) and (
+        endpoint.addressFamily == socket.AF_UNIX
+    ):
+        return SharedSocketEndpoint(reactor, endpoint.fileno)
+    return endpoint
 
 
 @implementer(IStreamServerEndpoint)
