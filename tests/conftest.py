@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -45,6 +46,16 @@ def ca() -> CertificateAuthority:
 def ca_file(tmp_path: Path, ca: CertificateAuthority) -> Path:
     """The root certificate of ``ca``, for clients to trust."""
     return ca.write_root(tmp_path / "ca.pem")
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd's notification socket (a path)."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(TIMEOUT)
+        yield sock, str(path)
 
 
 @pytest.fixture(scope="session")
@@ -237,3 +248,16 @@ def info_events(log_level: None) -> Iterator[list[dict[str, Any]]]:
 def events(log_level: None) -> Iterator[list[dict[str, Any]]]:
     """The events emitted with ``--log-level debug``."""
     yield from _captured_at(LogLevel.debug)
+
+
+@pytest.fixture
+def shared_rooms() -> Iterator[tuple[str, ...]]:
+    """Options with which server processes share rooms: the shared Redis,
+    under a key prefix of the test's own (skipped, or failed under CI, when
+    Redis or the client is missing)."""
+    from .redis_rooms import require_redis_rooms
+    from .redis_servers import SHARED_URL, shared_prefix
+
+    require_redis_rooms()
+    with shared_prefix() as prefix:
+        yield ("--redis", SHARED_URL, "--redis-prefix", prefix)

@@ -17,7 +17,7 @@ from signaling.ops.tap import Options
 from .certs import CertificateAuthority, client_context
 from .conftest import TIMEOUT, Client, wait_for
 from .test_wss import served_name, wss_client
-from .twistd_process import usage_error
+from .twistd_process import get_healthz, usage_error
 
 
 def parse(*args: str) -> Options:
@@ -186,13 +186,7 @@ def test_one_process_serves_ws_and_wss(tmp_path: Path, tls_files: list[str]) -> 
 
 def health_status(sock: socket.socket) -> int:
     """The status of ``GET /healthz`` over ``sock`` (closed after)."""
-    with sock:
-        sock.settimeout(TIMEOUT)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
-    return int(response.split(b" ", 2)[1])
+    return get_healthz(sock, TIMEOUT)[0]
 
 
 def test_unix_socket_endpoint(tmp_path: Path) -> None:

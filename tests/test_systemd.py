@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -11,15 +12,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.sync.client import connect
 
-from bench.twistd import ROOT, source_env, twistd, twistd_argv
+from bench.twistd import ROOT, ServerProcess, source_env, twistd, twistd_argv
 from signaling.ops.systemd import notify, notify_address
 
 from .conftest import TIMEOUT, Client
-from .twistd_process import assert_serves, usage_error
+from .twistd_process import assert_serves, get_healthz, usage_error
 
 UNITS = ROOT / "contrib" / "systemd"
 INSTALLED_TWISTD = "/opt/signaling/bin/twistd"
@@ -38,16 +40,6 @@ EXEC_AS_SYSTEMD = (
 
 
 @pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket standing in for systemd's notification socket (a path)."""
-    path = tmp_path / "notify"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(path))
-        sock.settimeout(TIMEOUT)
-        yield sock, str(path)
-
-
-@pytest.fixture
 def abstract_notify_socket() -> Iterator[tuple[socket.socket, str]]:
     """The same in the abstract namespace, named with a leading @ as systemd does."""
     name = f"signaling-test-{os.getpid()}-{id(object())}"
@@ -55,6 +47,25 @@ def abstract_notify_socket() -> Iterator[tuple[socket.socket, str]]:
         sock.bind("\0" + name)
         sock.settimeout(TIMEOUT)
         yield sock, "@" + name
+
+
+def socket_activated(
+    cwd: Path, listening: socket.socket, notify_path: str, *args: str
+) -> contextlib.AbstractContextManager[ServerProcess]:
+    """twistd signaling ARGS started as systemd starts a service: with the
+    listening socket (named ``signaling``) and NOTIFY_SOCKET=``notify_path``."""
+    env = source_env() | {
+        "LISTEN_FDS": "1",
+        "LISTEN_FDNAMES": "signaling",
+        "NOTIFY_SOCKET": notify_path,
+    }
+    return twistd(
+        cwd,
+        *args,
+        env=env,
+        wrapper=[sys.executable, "-c", EXEC_AS_SYSTEMD, str(listening.fileno())],
+        pass_fds=(listening.fileno(),),
+    )
 
 
 def received(sock: socket.socket) -> list[str]:
@@ -119,21 +130,14 @@ def test_socket_activation(
         listening.bind((address, 0))
         listening.listen()
         port = listening.getsockname()[1]
-        env = source_env() | {
-            "LISTEN_FDS": "1",
-            "LISTEN_FDNAMES": "signaling",
-            "NOTIFY_SOCKET": notify_path,
-        }
-        wrapper = [sys.executable, "-c", EXEC_AS_SYSTEMD, str(listening.fileno())]
-        with twistd(
+        with socket_activated(
             tmp_path,
+            listening,
+            notify_path,
             "--listen",
             f"systemd:domain={domain}:name=signaling",
             "--log-level",
             "debug",
-            env=env,
-            wrapper=wrapper,
-            pass_fds=(listening.fileno(),),
         ) as server:
             assert "READY=1" in received(notifications)
             listening.close()  # from now on only the server holds the socket
@@ -152,6 +156,47 @@ def test_socket_activation(
             server.signal(signal.SIGTERM)
             assert "STOPPING=1" in received(notifications)
             assert server.wait_exit() == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_socket_activated_unix_socket_stays_as_its_unit_made_it(
+    tmp_path: Path, notify_socket: tuple[socket.socket, str], workers: str, request: Any
+) -> None:
+    """SocketMode=, Backlog= and the socket's file are the socket unit's:
+    serving, and stopping, leave them as they were, so the next start (or
+    nginx, meanwhile) still finds the socket."""
+    notifications, notify_path = notify_socket
+    # Workers share rooms through Redis (see test_workers.py).
+    shared = request.getfixturevalue("shared_rooms") if workers != "1" else ()
+    path = tmp_path / "signaling.sock"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        path.chmod(0o660)
+        listening.listen(77)
+        with socket_activated(
+            tmp_path,
+            listening,
+            notify_path,
+            "--listen",
+            "systemd:domain=UNIX:name=signaling",
+            "--workers",
+            workers,
+            *shared,
+        ) as server:
+            assert "READY=1" in received(notifications)
+            connection = socket.socket(socket.AF_UNIX)
+            connection.connect(str(path))
+            assert get_healthz(connection, TIMEOUT)[0] == 200
+            assert path.stat().st_mode & 0o777 == 0o660
+            listing = subprocess.run(
+                ["ss", "-Hlx", "src", str(path)], capture_output=True, check=True, text=True
+            ).stdout.split()
+            assert listing[:2] == ["u_str", "LISTEN"] and listing[3] == "77", listing
+            server.signal(signal.SIGTERM)
+            assert server.wait_exit() == 0
+        assert path.exists()
+        with socket.socket(socket.AF_UNIX) as waiting:
+            waiting.connect(str(path))  # queued for the next start
 
 
 def test_socket_activation_with_an_unknown_name_is_a_usage_error(tmp_path: Path) -> None:

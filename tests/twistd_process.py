@@ -36,6 +36,18 @@ def usage_error(cwd: Path, *args: str, **kwargs: Any) -> str:
     return output
 
 
+def get_healthz(sock: socket.socket, timeout: float = 5.0) -> tuple[int, bytes]:
+    """The status and body of ``GET /healthz`` over ``sock`` (closed after)."""
+    with sock:
+        sock.settimeout(timeout)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:

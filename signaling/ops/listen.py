@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,8 +14,8 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
@@ -126,8 +127,11 @@ def check_endpoint(option: str, description: str) -> None:
     _check_unix_directory(option, description)
 
 
-def plan_listeners(options: Mapping[str, Any], simple_description: str) -> list[Listener]:
-    """The listeners that the options ask for; UsageError for contradictions.
+def plan_listeners(
+    options: Mapping[str, Any], simple_description: str, *, check: bool = True
+) -> list[Listener]:
+    """The listeners that the options ask for; UsageError for contradictions
+    and (with ``check``) for endpoints that cannot be built.
 
     Without ``--listen``/``--listen-tls`` the server listens on
     ``simple_description`` (from ``--port``/``--interface``), with TLS when
@@ -173,7 +177,8 @@ def plan_listeners(options: Mapping[str, Any], simple_description: str) -> list[
                 f"--listen-tls {listener.description}: --listen-tls adds TLS itself; "
                 "give a plain endpoint such as tcp:5443, or pass the ssl: one to --listen"
             )
-        check_endpoint(listener.option, listener.description)
+        if check:
+            check_endpoint(listener.option, listener.description)
     return listeners
 
 
@@ -303,16 +308,23 @@ class ListeningService(StreamServerEndpointService):
         factory: IProtocolFactory,
         reactor: Any,
         describe: Callable[[IAddress], str],
+        *,
+        endpoint: IStreamServerEndpoint | None = None,
+        on_listening: Callable[[IListeningPort], object] | None = None,
     ) -> None:
-        endpoint = serverFromString(reactor, description)
+        if endpoint is None:
+            endpoint = _systemd_unix_socket_as_made(reactor, serverFromString(reactor, description))
         super().__init__(_ReportingEndpoint(endpoint, self), factory)
         self.option = option
         self.description = description
         self.describe = describe
+        self.on_listening = on_listening
         self._error: ListenError | None = None
 
     def listening(self, port: IListeningPort) -> IListeningPort:
         _log.info("{listening}", listening=self.describe(port.getHost()))
+        if self.on_listening is not None:
+            self.on_listening(port)
         return port
 
     def not_listening(self, failure: Failure) -> Failure | None:
@@ -343,6 +355,7 @@ def listening_service(
     *,
     demo: bool = True,
     ciphers: str = INTERMEDIATE_CIPHERS,
+    shared_fd: int | None = None,
 ) -> ListeningService:
     """A service serving ``serving`` on the listener's endpoint (wss with ``tls``).
 
@@ -350,7 +363,9 @@ def listening_service(
     clients connect to (and the demo page's, with ``demo``).  An ``ssl:``
     endpoint gets the same ALPN answer and TLS 1.2 ``ciphers`` as ``tls`` has.
     With ``admission``, it decides which accepted connections stay, and the
-    port's accept errors are counted and seldom logged.
+    port's accept errors are counted and seldom logged.  With ``shared_fd``
+    it binds nothing: it accepts on that inherited listening socket (a
+    worker's, from ``--workers``), which the endpoint made elsewhere.
     """
     factory: Any = serving
     if listener.tls:
@@ -359,16 +374,30 @@ def listening_service(
     if admission is not None:
         factory = AdmittingFactory(factory, admission)
     secure = listener.secure
+    ssl_endpoint = None
+    if listener.description.split(":", 1)[0] == "ssl":
+        ssl_endpoint = serverFromString(reactor, listener.description)
+        _apply_tls_policy(ssl_endpoint, ciphers)
+    endpoint = ssl_endpoint
+    if shared_fd is not None:
+        context = None
+        if ssl_endpoint is not None:
+            context = compat.ssl_context_factory(ssl_endpoint)
+            if context is None:  # Options refuses --workers then
+                raise ListenError(
+                    f"{listener.option} {listener.description}: this Twisted keeps the TLS "
+                    "context of ssl: endpoints out of reach, so a worker cannot serve it"
+                )
+        endpoint = SharedSocketEndpoint(reactor, shared_fd, context)
     service = ListeningService(
         listener.option,
         listener.description,
         factory,
         reactor,
         lambda address: where_clients_connect(address, secure, demo),
+        endpoint=endpoint,
     )
     reporting = service.endpoint  # the endpoint, wrapped to report on listening
-    if listener.description.split(":", 1)[0] == "ssl":
-        _apply_tls_policy(reporting.endpoint, ciphers)
     if admission is not None:
 
         def count_accept_error() -> None:
@@ -414,3 +443,58 @@ class _OnListening:
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         return self.endpoint.listen(protocolFactory).addCallback(self.prepare)
+
+
+def _systemd_unix_socket_as_made(
+    reactor: Any, endpoint: IStreamServerEndpoint
+) -> IStreamServerEndpoint:
+    """A unix socket from systemd (``systemd:domain=UNIX``) served as its
+    socket unit made it: Twisted would adopt it as one of its own, chmod its
+    file to 0666 (over ``SocketMode=``), listen again with a backlog of 50
+    (over ``Backlog=``) and remove the file on stop, leaving the unit's
+    socket unreachable for the next start."""
+    if isinstance(endpoint, AdoptedStreamServerEndpoint) and (
+        endpoint.addressFamily == socket.AF_UNIX
+    ):
+        return SharedSocketEndpoint(reactor, endpoint.fileno)
+    return endpoint
+
+
+@implementer(IStreamServerEndpoint)
+class SharedSocketEndpoint:
+    """Accepts on a listening socket this process inherited as descriptor
+    ``fd``, which another process (the ``--workers`` supervisor) made and
+    keeps: nothing is bound, and closing it leaves the socket listening for
+    the others (and a unix socket's file and mode as they are). With
+    ``context`` (a TLS context factory), connections speak TLS first, as on
+    an ``ssl:`` endpoint. It takes over ``fd``.
+    """
+
+    def __init__(self, reactor: Any, fd: int, context: Any = None) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.context = context
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        factory: Any = protocolFactory
+        if self.context is not None:
+            factory = TLSMemoryBIOFactory(self.context, False, factory)
+        try:
+            sock = socket.socket(fileno=self.fd)
+        except OSError as e:
+            return fail(ListenError(f"inherited descriptor {self.fd}: {e}"))
+        try:
+            if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+            ):
+                raise ListenError(
+                    f"inherited descriptor {self.fd} is not a listening stream socket"
+                )
+            if sock.family == socket.AF_UNIX:
+                return succeed(compat.adopt_unix_socket(self.reactor, sock, factory))
+            port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+            sock.close()  # the port has its own descriptor of it
+            return succeed(port)
+        except BaseException:
+            sock.close()
+            return fail()

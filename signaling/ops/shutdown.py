@@ -34,8 +34,8 @@ class GracefulShutdown(Service):
     a Deferred that fires once all of them have closed, or after ``timeout``
     seconds, when the ones left are dropped.
 
-    With ``reactor`` given, SIGTERM and SIGINT stop that reactor (which
-    stops this service) without twistd's re-raise of the signal, so the
+    With ``reactor`` given, SIGTERM and SIGINT (``signals``) stop that
+    reactor (which stops this service) without twistd's re-raise of the signal, so the
     process exits 0 after a graceful shutdown; a second signal drops the
     remaining clients at once. With ``drain_delay``, a signal first sets
     ``hub.draining`` and keeps serving (open listeners, so load
@@ -49,10 +49,12 @@ class GracefulShutdown(Service):
         clock: IReactorTime,
         reactor: Any = None,
         drain_delay: float = 0.0,
+        signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
     ) -> None:
         self.hub = hub
         self.timeout = timeout
         self.drain_delay = drain_delay
+        self.signals = signals
         self._clock = clock
         self._reactor = reactor
         self._restore_handlers: list[Callable[[], None]] = []
@@ -68,8 +70,7 @@ class GracefulShutdown(Service):
     def _install_handlers(self) -> None:
         if self.running:
             self._restore_handlers = [
-                install_handler(self._reactor, signum, self._on_signal)
-                for signum in (signal.SIGTERM, signal.SIGINT)
+                install_handler(self._reactor, signum, self._on_signal) for signum in self.signals
             ]
 
     def _on_signal(self, signum: int) -> None:

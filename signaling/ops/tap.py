@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -38,6 +42,14 @@ from signaling.ops.listen import (
 from signaling.ops.reload import CertificateReloader
 from signaling.ops.shutdown import GracefulShutdown
 from signaling.ops.systemd import SystemdNotifier
+from signaling.ops.workers import (
+    STOP_GRACE,
+    WorkerLink,
+    WorkerRole,
+    parse_workers,
+    supervisor_service,
+    worker_argv,
+)
 from signaling.web.site import build_metrics_site, listening_factory
 from signaling.wire import compat
 from signaling.wire.admission import raise_open_files_limit
@@ -54,6 +66,17 @@ from signaling.wire.tuning import native_speedups, tune_gc
 _log = ServerLogger()
 DEFAULT_PORT = 5000
 DEFAULT_INTERFACE = "0.0.0.0"
+
+
+def check_workers_share_rooms(options: Mapping[str, Any]) -> None:
+    """UsageError if ``--workers`` above 1 comes without ``--redis``: the
+    workers share rooms through Redis, or two clients of one room would meet
+    only if the same worker accepted both."""
+    if options["workers"] > 1 and not options.get("redis"):
+        raise usage.UsageError(
+            f"--workers {options['workers']} needs --redis: the workers share rooms "
+            "through Redis, or clients of one room would land in different rooms"
+        )
 
 
 def _tls_version(value: str) -> str:
@@ -192,6 +215,15 @@ class Options(usage.Options):
             parse_seconds,
         ],
         [
+            "workers",
+            None,
+            1,
+            "Processes serving the listening sockets, which a supervisor binds and "
+            "shares: a number, or auto for one per core. 1 is a single process "
+            "with no supervisor.",
+            parse_workers,
+        ],
+        [
             "metrics-listen",
             None,
             None,
@@ -258,6 +290,10 @@ class Options(usage.Options):
     manhole: ManholeConfig | None = None
     #: The parsed --redis URL (a RedisAddress), if given.
     redis_address: Any = None
+    #: With --workers above 1, set in a worker (None in the supervisor).
+    worker: WorkerRole | None = None
+    #: The arguments after ``signaling``, which a worker gets too.
+    argv: list[str]
 
     def __init__(self) -> None:
         super().__init__()
@@ -295,6 +331,7 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def parseOptions(self, options: Any = None) -> None:
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -312,6 +349,7 @@ class Options(usage.Options):
             raise usage.UsageError("--interface must not be empty")
         if self["ping-interval"] and not self["ping-timeout"]:
             raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
+        self._check_workers()
         self.manhole = manhole_config(
             self["manhole"],
             self["manhole-keys"],
@@ -334,7 +372,10 @@ class Options(usage.Options):
             allowed_origins=tuple(self["allowed-origin"]),
             **{option.field: self[option.name] for option in limit_options()},
         )
-        self.listeners = plan_listeners(self, self.listen_description)
+        # A worker's sockets come from the supervisor, which checked the endpoints.
+        self.listeners = plan_listeners(self, self.listen_description, check=self.worker is None)
+        if self["workers"] > 1 and self.worker is None:
+            self._check_sharing()
         if self["metrics-listen"]:
             check_endpoint("--metrics-listen", self["metrics-listen"])
         self.tls = None
@@ -348,6 +389,52 @@ class Options(usage.Options):
                 )
             except TLSConfigError as e:
                 raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
+
+    def _check_workers(self) -> None:
+        """Refuse what ``--workers`` above 1 cannot do; note whether this
+        process is one of the workers."""
+        try:
+            # Even if "auto" counted other cores here than in the supervisor.
+            self.worker = WorkerRole.from_environ(os.environ)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        workers = self["workers"]
+        if workers == 1 and self.worker is None:
+            return
+        for option, why in (
+            (
+                "metrics-listen",
+                "each worker counts only its own clients, and one endpoint would answer "
+                "with the counters of whichever worker accepted the scrape",
+            ),
+            (
+                "manhole",
+                "the admin console sees and acts on one process's clients and rooms, and "
+                "each worker has its own",
+            ),
+        ):
+            if self[option]:
+                raise usage.UsageError(
+                    f"--{option} cannot be combined with --workers {workers}: {why}"
+                )
+        twistd = getattr(self, "parent", None) or {}
+        if twistd.get("chroot"):
+            raise usage.UsageError(
+                f"--chroot cannot be combined with --workers {workers}: the workers are "
+                "started from this Python and twistd, outside the new root"
+            )
+        check_workers_share_rooms(self)
+
+    def _check_sharing(self) -> None:
+        """UsageError if this Twisted lacks what sharing sockets with workers needs."""
+        missing = compat.missing_for_shared_sockets()
+        if any(listener.description.split(":", 1)[0] == "ssl" for listener in self.listeners):
+            missing += compat.problems().get("ssl: endpoints", [])
+        if missing:
+            raise usage.UsageError(
+                f"--workers {self['workers']}: this Twisted lacks what sharing listening "
+                f"sockets with workers needs ({', '.join(missing)})"
+            )
 
     @property
     def tls_ciphers(self) -> str:
@@ -421,6 +508,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     # Autobahn's lines (a refused handshake, ...) follow, but never its
     # debug output, which describes every frame.
     txaio_twisted.set_global_log_level("info" if level == "debug" else level)
+    worker = config.worker
+    if config["workers"] > 1 and worker is None:
+        return _supervisor(config, reactor)
     tune_gc()
     compat.skip_debug_formatting()
     before, after = raise_open_files_limit()
@@ -450,14 +540,28 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     if config["hide-version"]:
         factory.hide_versions()
     # Services stop in reverse order: the listeners before the drain.
+    # A worker leaves SIGINT to its supervisor (see WorkerLink).
     GracefulShutdown(
-        factory.hub, config["shutdown-timeout"], reactor, reactor, drain_delay=config["drain-delay"]
+        factory.hub,
+        config["shutdown-timeout"],
+        reactor,
+        reactor,
+        drain_delay=config["drain-delay"],
+        signals=(signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT),
     ).setServiceParent(top)
     metrics_listen = config["metrics-listen"]
     serving = listening_factory(
-        factory, serve_metrics=not metrics_listen, demo=not config["no-demo"]
+        factory,
+        serve_metrics=not metrics_listen,
+        demo=not config["no-demo"],
+        worker=worker.index if worker else None,
     )
-    for listener in config.listeners:
+    if worker is not None and len(worker.sockets) != len(config.listeners):
+        raise SystemExit(
+            f"twistd signaling: a worker got {len(worker.sockets)} sockets for "
+            f"{len(config.listeners)} listeners"
+        )
+    for index, listener in enumerate(config.listeners):
         listening_service(
             listener,
             serving,
@@ -466,6 +570,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             factory.admission,
             demo=not config["no-demo"],
             ciphers=config.tls_ciphers,
+            shared_fd=worker.sockets[index] if worker else None,
         ).setServiceParent(top)
     if metrics_listen:
         ListeningService(
@@ -479,5 +584,24 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     CertificateReloader(config.tls, interval, reactor, reactor).setServiceParent(top)
     if config.manhole is not None:
         manhole_service(config.manhole, Admin(factory).namespace()).setServiceParent(top)
-    SystemdNotifier(reactor).setServiceParent(top)
+    if worker is not None:
+        WorkerLink(worker, reactor).setServiceParent(top)
+    else:
+        SystemdNotifier(reactor).setServiceParent(top)
+    return top
+
+
+def _supervisor(config: Options, reactor: Any) -> MultiService:
+    """The ``--workers`` supervisor's service (see signaling.ops.workers)."""
+    count = config["workers"]
+    twistd = getattr(config, "parent", None) or {}
+    top = MultiService()
+    supervisor_service(
+        count,
+        config.listeners,
+        worker_argv(twistd, config.argv),
+        reactor,
+        demo=not config["no-demo"],
+        stop_timeout=config["drain-delay"] + config["shutdown-timeout"] + STOP_GRACE,
+    ).setServiceParent(top)
     return top

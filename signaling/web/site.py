@@ -6,6 +6,7 @@ browser client and the page's files under ``/static/``.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -96,13 +97,15 @@ class _ConnectResource(WebSocketResource):
 class HealthResource(Resource):
     """``/healthz``: 200 with a JSON summary while serving, 503 while draining;
     while the rooms are degraded (Redis unreachable), ``degraded`` with 200,
-    or 503 with --degraded-503."""
+    or 503 with --degraded-503; a ``worker`` of ``--workers`` adds its number
+    and process id."""
 
     isLeaf = True
 
-    def __init__(self, factory: SignalingFactory) -> None:
+    def __init__(self, factory: SignalingFactory, worker: int | None = None) -> None:
         super().__init__()
         self.factory = factory
+        self.worker = worker
 
     def render_GET(self, request: Request) -> bytes:
         if request.postpath:
@@ -132,6 +135,9 @@ class HealthResource(Resource):
             health["node"] = rooms.node
         if not factory.hide_version:
             health["version"] = __version__
+        if self.worker is not None:
+            health["worker"] = self.worker
+            health["pid"] = os.getpid()
         return orjson.dumps(health)
 
 
@@ -327,11 +333,16 @@ def _cancel_deadline(channel: Any) -> None:
 
 
 def build_site(
-    factory: SignalingFactory, *, serve_metrics: bool = True, demo: bool = True
+    factory: SignalingFactory,
+    *,
+    serve_metrics: bool = True,
+    demo: bool = True,
+    worker: int | None = None,
 ) -> SignalingSite:
     """The main site: ``/connect``, ``/healthz``, ``/metrics`` (unless moved)
     and, with ``demo``, the demo page at ``/`` and its files under
-    ``/static/``. Other paths answer 404.
+    ``/static/``. Other paths answer 404. ``worker`` is the number of the
+    ``--workers`` process serving it, which ``/healthz`` names.
     """
     root = _Root()
     root.putChild(WEBSOCKET_PATH, _ConnectResource(factory))
@@ -339,7 +350,7 @@ def build_site(
         files = load_static_files()
         root.page = StaticFileResource(files.pop("index.html"))
         root.putChild(STATIC_PATH, StaticDirectory(files))
-    root.putChild(b"healthz", HealthResource(factory))
+    root.putChild(b"healthz", HealthResource(factory, worker))
     if serve_metrics:
         root.putChild(b"metrics", MetricsResource(metrics.metrics_registry(factory)))
     site = SignalingSite(
@@ -357,13 +368,17 @@ def build_site(
 
 
 def listening_factory(
-    factory: SignalingFactory, *, serve_metrics: bool = True, demo: bool = True
+    factory: SignalingFactory,
+    *,
+    serve_metrics: bool = True,
+    demo: bool = True,
+    worker: int | None = None,
 ) -> SignalingFactory:
     """``factory``, ready to listen with: a connection whose first request
     is the WebSocket handshake for ``/connect`` goes straight to the
     protocol; any other is handed to the site ``build_site`` makes with
     the same options."""
-    factory.http_site = build_site(factory, serve_metrics=serve_metrics, demo=demo)
+    factory.http_site = build_site(factory, serve_metrics=serve_metrics, demo=demo, worker=worker)
     return factory
 
 

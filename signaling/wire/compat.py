@@ -37,6 +37,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import abstract, tcp, unix
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python import log as twisted_log
 from twisted.python.failure import Failure
 
 from signaling.logs import ServerLogger
@@ -370,6 +371,62 @@ def write_frame(protocol: Any, frame: bytes) -> None:
     transport.write(frame)
 
 
+# -- Twisted: listening sockets shared between processes -----------------------
+
+
+def share_listening_port(port: Any) -> None:
+    """Make closing ``port`` (a TCP or unix port listening on a socket that
+    other processes accept on too) close this process's descriptor only.
+
+    Twisted calls ``shutdown()`` on a listening socket it made before
+    closing it; on a shared socket that would stop every process accepting
+    on it (it leaves sockets it adopted alone, through the same attribute).
+    """
+    port._shouldShutdown = False
+
+
+class _SharedUNIXPort(unix.Port):
+    """A unix port on a listening socket that another process made and
+    keeps (``sock``, which the port takes over).
+
+    Unlike ``reactor.adoptStreamPort``, it does not chmod the socket's file
+    to 0666 (it may not own it, and the mode is the maker's choice), does
+    not call ``listen()`` again (which would reset the backlog to 50) and,
+    when closed, neither removes the file nor shuts the socket down.
+    """
+
+    _shouldShutdown = False
+
+    def __init__(self, sock: socket.socket, factory: Any, reactor: Any) -> None:
+        super().__init__(sock.getsockname(), factory, reactor=reactor)
+        self.shared_socket = sock
+
+    def startListening(self) -> None:
+        tcp._reservedFD.reserve()  # as every Twisted port does, for EMFILE
+        sock = self.shared_socket
+        sock.setblocking(False)
+        twisted_log.msg(f"{type(self.factory).__name__} starting on {sock.getsockname()!r}")
+        cast(Any, self.factory).doStart()
+        self.connected = True
+        self.socket = sock
+        cast(Any, self).fileno = sock.fileno  # as Twisted's ports do
+        self.numberAccepts = 100
+        self.startReading()
+
+    def connectionLost(self, reason: Failure) -> None:
+        # tcp.Port's: unix.Port's would remove the socket's file.
+        tcp.Port.connectionLost(self, reason)
+
+
+def adopt_unix_socket(reactor: Any, sock: socket.socket, factory: Any) -> Any:
+    """Accept connections for ``factory`` on ``sock``, a listening unix
+    socket made by another process, leaving the socket and its file as they
+    are (see :class:`_SharedUNIXPort`); returns the listening port."""
+    port = _SharedUNIXPort(sock, factory, reactor)
+    port.startListening()
+    return port
+
+
 # -- Twisted: elsewhere --------------------------------------------------------
 
 
@@ -655,6 +712,44 @@ def _missing_for_tls_endpoint() -> list[str]:
     return ["SSL4ServerEndpoint._sslContextFactory"]
 
 
+def missing_for_shared_sockets() -> list[str]:
+    """What :func:`share_listening_port` and :func:`adopt_unix_socket` lack
+    in this Twisted (``--workers`` above 1 needs them)."""
+    missing = []
+    if not isinstance(getattr(tcp.Port, "_shouldShutdown", None), bool):
+        missing.append("tcp.Port._shouldShutdown")
+    if not callable(getattr(getattr(tcp, "_reservedFD", None), "reserve", None)):
+        missing.append("tcp._reservedFD.reserve")
+    if missing:
+        return missing
+    from twisted.internet.protocol import Factory
+
+    # A unix socket in the abstract namespace: no file, no network. The
+    # port closes its descriptor as connectionLost would (which also logs).
+    listening = socket.socket(socket.AF_UNIX)
+    other = None
+    try:
+        listening.bind(b"")  # the kernel picks an abstract name
+        listening.listen(1)
+        address = listening.getsockname()
+        other = listening.dup()  # another process's descriptor of the socket
+        port = _SharedUNIXPort(listening, Factory(), _NoReactor())
+        port.socket = listening
+        if port.getHost().name != address:
+            missing.append("unix.Port.getHost")
+        port._closeSocket(True)
+        with socket.socket(socket.AF_UNIX) as client:
+            try:
+                client.connect(address)
+            except OSError:
+                missing.append("tcp.Port._closeSocket without shutdown()")
+    finally:
+        listening.close()
+        if other is not None:
+            other.close()
+    return missing
+
+
 def _missing_for_accept_log() -> list[str]:
     return [] if isinstance(getattr(tcp.Port, "_logger", None), Logger) else ["tcp.Port._logger"]
 
@@ -697,6 +792,7 @@ _CHECKS: dict[str, tuple[Callable[[], list[str]], str]] = {
     "ssl: endpoints": (_missing_for_tls_endpoint, "they keep Twisted's TLS policy"),
     "accept errors": (_missing_for_accept_log, "each one is logged"),
     "HTTP deadline": (_missing_for_http_channel, "plain HTTP connections have no deadline"),
+    "shared sockets": (missing_for_shared_sockets, "--workers above 1 is refused"),
     "admin console log": (_missing_for_admin_console, "twisted.conch logs at its own levels"),
 }
 
