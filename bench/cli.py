@@ -238,9 +238,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--setups",
-        default=",".join(cluster.SETUPS),
+        default=",".join(cluster.DEFAULT_SETUPS),
         help="relay setups, of split (rooms across 2 processes), local (1 process with "
-        "--redis), plain (1 process without) (default: %(default)s)",
+        "--redis), plain (1 process without), workers (--workers 2 --redis, not pinned) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--storm-clients",

@@ -37,8 +37,16 @@ from .wsclient import Tally, WsClient, connect_many, start_connection
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
-#: How the relay scenario places its servers: processes, and whether with --redis.
-SETUPS = {"split": (2, True), "local": (1, True), "plain": (1, False)}
+#: How the relay scenario places its servers: processes, whether with
+#: --redis, and workers per process (--workers; those are not pinned).
+SETUPS = {
+    "split": (2, True, 1),
+    "local": (1, True, 1),
+    "plain": (1, False, 1),
+    "workers": (1, True, 2),
+}
+#: The setups run unless --setups says otherwise.
+DEFAULT_SETUPS = ("split", "local", "plain")
 
 #: Storm clients started in one turn of the generator's loop (as in crowd.py).
 STORM_BATCH = 500
@@ -106,6 +114,15 @@ class RedisAdmin:
         return int(self.command("EVAL", script, 0, prefix))
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (its workers)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
 def process_cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -124,6 +141,7 @@ class Cluster:
         options: list[str],
         pin: bool,
         node_timeout: float | None = None,
+        workers: int = 1,
     ) -> None:
         self.redis = RedisAdmin(redis) if redis else None
         self.prefix = f"signaling-bench:{uuid.uuid4().hex}:"
@@ -133,6 +151,10 @@ class Cluster:
             extra += ["--redis", redis, "--redis-prefix", self.prefix]
             if node_timeout is not None:
                 extra += ["--node-timeout", str(node_timeout)]
+        if workers > 1:
+            extra += ["--workers", str(workers)]
+            pin = False  # the workers need the cores
+        self.workers = workers
         self.servers: list[Server] = []
         self.killed: set[int] = set()
         try:
@@ -140,27 +162,41 @@ class Cluster:
                 self.servers.append(Server(extra, pin))
             if redis:
                 for server in self.servers:
-                    self._await_registered(server)
+                    self._await_registered(server, workers)
         except BaseException:
             self.stop()
             raise
         self.started = time.monotonic()
 
     @staticmethod
-    def _await_registered(server: Server) -> None:
+    def _await_registered(server: Server, workers: int) -> None:
+        """Until ``workers`` processes behind the port (each answers /healthz
+        in turn) say they have joined the cluster."""
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while server.health().get("status") != "ok":
+        ready: set[object] = set()
+        while len(ready) < workers:
+            health = server.health()
+            if health.get("status") == "ok":
+                ready.add(health.get("pid"))
             if time.monotonic() > deadline or not server.alive():
                 raise RuntimeError("the server did not join the cluster:\n" + server.log_tail())
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     @property
     def ports(self) -> list[int]:
         return [server.port for server in self.servers]
 
     def cpu_seconds(self) -> float:
-        """CPU seconds of every server process not killed (summed)."""
-        return sum(s.cpu_seconds() for i, s in enumerate(self.servers) if i not in self.killed)
+        """CPU seconds of every server process not killed, and of their
+        workers (summed)."""
+        total = 0.0
+        for i, server in enumerate(self.servers):
+            if i in self.killed:
+                continue
+            total += server.cpu_seconds()
+            if self.workers > 1:
+                total += sum(process_cpu_seconds(pid) for pid in children(server.pid))
+        return total
 
     def redis_cpu_seconds(self) -> float | None:
         if self.redis_pid is None:
@@ -377,12 +413,18 @@ async def cluster_loss(
 def start(name: str, params: dict[str, Any], args: Any) -> Cluster:
     """The servers scenario ``name`` runs against."""
     options = list(args.server_option or [])
+    workers = 1
     if name == "cluster-relay":
-        processes, with_redis = SETUPS[params["setup"]]
+        processes, with_redis, workers = SETUPS[params["setup"]]
     else:
         processes, with_redis = 2, True
     return Cluster(
-        processes, args.redis if with_redis else None, options, args.pin, args.node_timeout
+        processes,
+        args.redis if with_redis else None,
+        options,
+        args.pin,
+        args.node_timeout,
+        workers=workers,
     )
 
 
@@ -409,11 +451,14 @@ def summary(records: list[dict[str, Any]]) -> str:
             + f", {median(setup, 'msgs_per_s') or 0:,.0f} msgs/s,"
             f" rtt p50 {median(setup, 'rtt_p50_us') or 0:,.0f} us"
         )
-    split, local, plain = (median(s, "server_cpu_us_per_msg") for s in SETUPS)
+    split, local, plain = (median(s, "server_cpu_us_per_msg") for s in DEFAULT_SETUPS)
     if split and local:
         lines.append(f"split / local: {split / local:.2f}x (target: at most 1.8x)")
     if local and plain:
         lines.append(f"local with / without Redis: {100 * (local / plain - 1):+.1f}% (target: 5%)")
+    workers_rate, plain_rate = median("workers", "msgs_per_s"), median("plain", "msgs_per_s")
+    if workers_rate and plain_rate:
+        lines.append(f"2 workers / 1 process, msgs/s: {workers_rate / plain_rate:.2f}x")
     return "\n".join(lines)
 
 
