@@ -495,7 +495,8 @@ def test_a_crash_loop_backs_off(
         )
         assert delays == ["0.5", "1.0", "2.0"], server.output
         assert took >= 3.5
-        assert healthz(port)["status"] == "ok"
+        # ready means serving; joining the cluster in Redis follows at once
+        assert wait_for(lambda: healthz(port)["status"] == "ok")
 
 
 # -- logs, systemd, TLS ------------------------------------------------------------
