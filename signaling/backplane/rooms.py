@@ -103,7 +103,17 @@ class _Local:
 class RedisRoom:
     """This node's view of one room: every member (on any node) in join order."""
 
-    __slots__ = ("_rooms", "early", "left", "local", "members", "number", "ready", "room_id")
+    __slots__ = (
+        "_rooms",
+        "early",
+        "here",
+        "left",
+        "local",
+        "members",
+        "number",
+        "ready",
+        "room_id",
+    )
 
     def __init__(self, rooms: RedisRooms, room_id: str) -> None:
         self._rooms = rooms
@@ -112,6 +122,8 @@ class RedisRoom:
         self.members: dict[str, tuple[str, int]] = {}
         #: The members this node holds here, joined or joining.
         self.local: dict[str, _Local] = {}
+        #: Those of them that have joined: the relay path's one lookup.
+        self.here: dict[str, _Local] = {}
         #: The number of the last event applied to ``members``.
         self.number = 0
         #: False until the first join reply gives the members.
@@ -122,6 +134,10 @@ class RedisRoom:
         self.left: dict[str, int] = {}
 
     def send(self, target_id: str, data: bytes) -> bool:
+        local = self.here.get(target_id)
+        if local is not None:
+            local.member.deliver(data)
+            return True
         entry = self.members.get(target_id)
         if entry is None:
             return False
@@ -623,6 +639,7 @@ class RedisRooms:
         elif client_id not in view.members:
             view.members[client_id] = (self.node_id, number)
         local.number = number
+        view.here[client_id] = local
         held, local.held = local.held, []
         local.done(Joined(view, existing))
         member = local.member
@@ -651,6 +668,7 @@ class RedisRooms:
         client_id = local.member.client_id
         if view.local.get(client_id) is local:
             del view.local[client_id]
+            view.here.pop(client_id, None)
             view.members.pop(client_id, None)
         if not view.local:
             del self._views[local.room_id]
