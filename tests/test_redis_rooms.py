@@ -297,8 +297,13 @@ def test_a_frozen_node_is_declared_dead_and_closes_its_members_when_it_wakes() -
         assert leftover == [f"{prefix}node:{node_two}:dead"]
         assert evicted == []
 
-        on_reactor(frozen_clock.advance, 0.2)  # it wakes up and refreshes
+        # It wakes up: a join it sends before its next refresh is refused
+        # (a dead node adds nothing to Redis), and makes it look.
+        late = FakeMember("late")
+        assert isinstance(join(two, "r", late), RoomsUnavailable)
         assert wait_for(lambda: bool(evicted))
+        assert one.room("r").member_ids() == ["a"]  # type: ignore[union-attr]
+        assert not [k for k in redis_keys(prefix) if node_two in k and not k.endswith(":dead")]
         assert [m.client_id for m in evicted[0]] == ["b"]
         assert two.member_count == 0 and two.room("r") is None
         assert on_reactor(lambda: two.target.node_id) != node_two

@@ -58,6 +58,7 @@ from signaling.core.rooms import (
     AlreadyInRoom,
     JoinDone,
     Joined,
+    JoinRefused,
     Member,
     RoomFull,
     RoomsHealth,
@@ -606,15 +607,19 @@ class RedisRooms:
 
     def _join_reply(self, reply: list[Any], local: _Local) -> None:
         status = reply[0]
+        client_id = local.member.client_id
         if status != b"ok":
             self._forget(local)
-            if self._local.get(local.member.client_id) is local:
-                del self._local[local.member.client_id]
-            refused = (
-                RoomFull(self.max_room_size)
-                if status == b"room_full"
-                else TooManyRooms(self.max_rooms)
-            )
+            if self._local.get(client_id) is local:
+                del self._local[client_id]
+            refused: JoinRefused
+            if status == b"room_full":
+                refused = RoomFull(self.max_room_size)
+            elif status == b"too_many_rooms":
+                refused = TooManyRooms(self.max_rooms)
+            else:  # b"dead": this node was declared dead; the heartbeat will see to it
+                refused = RoomsUnavailable("the rooms' store cannot be reached; try again shortly")
+                self._beat()
             local.done(refused)
             return
         number = int(reply[1])
@@ -623,11 +628,16 @@ class RedisRooms:
             for i in range(2, len(reply), 3)
         ]
         existing = [member_id for member_id, _, _ in before]
-        client_id = local.member.client_id
         if local.cancelled:  # its leave is on its way already
             local.done(Joined(RedisRoom(self, local.room_id), existing))
             return
-        view = self._views[local.room_id]
+        view = self._views.get(local.room_id)
+        if view is None or self._local.get(client_id) is not local:
+            # This node let go of it meanwhile (declared dead, or stopping):
+            # undo the join, which Redis made under the node's old id.
+            self._send_leave(local.room_id, client_id, None)
+            local.done(Joined(RedisRoom(self, local.room_id), existing))
+            return
         if not view.ready:
             view.members = {m: (node, n) for m, n, node in before}
             view.members[client_id] = (self.node_id, number)

@@ -66,12 +66,16 @@ end
 
 #: ARGV: prefix, room, member, node, max room size, max rooms (0: no bound).
 #: Returns ``{"ok", number, member, number, node, ...}`` (the members before,
-#: in join order), ``{"room_full"}`` or ``{"too_many_rooms"}``.
+#: in join order), ``{"room_full"}``, ``{"too_many_rooms"}``, or ``{"dead"}``
+#: if the node was declared dead (nothing of it may come back).
 JOIN = (
     _COMMON
     + b"""
 local room, member, node = ARGV[2], ARGV[3], ARGV[4]
 local max_size, max_rooms = tonumber(ARGV[5]), tonumber(ARGV[6])
+if redis.call('EXISTS', P .. 'node:' .. node .. ':dead') == 1 then
+  return {'dead'}
+end
 local key = P .. 'room:' .. room
 local size = redis.call('ZCARD', key)
 if size == 0 then
