@@ -43,6 +43,18 @@ def redis_keys(prefix: str, port: int = SHARED[1]) -> list[str]:
     return sorted(key.decode() for key in reply)
 
 
+def redis_command(port: int, *args: str) -> Any:
+    """One command's reply from the Redis on 127.0.0.1:``port``."""
+    import hiredis
+
+    reader = hiredis.Reader()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(hiredis.pack_command(args))
+        while (reply := reader.gets()) is False:
+            reader.feed(sock.recv(65536))
+    return reply
+
+
 def require_shared() -> None:
     """Skip (fail under CI) unless the shared Redis answers."""
     if not answers(*SHARED):

@@ -21,7 +21,7 @@ from signaling.core.rooms import Joined, JoinRefused, RoomFull, RoomsUnavailable
 from .conftest import on_reactor, wait_for
 from .fakes import FakeMember
 from .redis_rooms import RoomsOnReactor, nodes
-from .redis_servers import PrivateRedis, redis_keys
+from .redis_servers import PrivateRedis, redis_command, redis_keys
 
 pytestmark = pytest.mark.usefixtures("reactor_thread")
 
@@ -250,6 +250,10 @@ def test_recovery_after_redis_restarts_empty(tmp_path: Path) -> None:
             server.start()  # empty: it kept nothing
             for rooms in (one, two):
                 assert wait_for(lambda r=rooms: on_reactor(lambda: r.target.available), 10)
+            # While the nodes put their members back, joins wait: a newcomer
+            # would otherwise miss members not yet back.
+            refused = join(one, "r", FakeMember("early"))
+            assert isinstance(refused, RoomsUnavailable) and "recovering" in refused.text
             # Both nodes put their members back; the other node hears d has gone.
             assert wait_for(lambda: decoded(a)[-1:] == [("leave-client", "d")], 10), decoded(a)
             assert decoded(c)[-1] == ("leave-client", "d")
@@ -258,8 +262,10 @@ def test_recovery_after_redis_restarts_empty(tmp_path: Path) -> None:
             assert room_a.send("b", after) is True
             settle(one, two)
             assert b.received[-1] == after
-            # and joins work again, numbered after the members put back
+            # and joins work again once the grace is over, numbered after the
+            # members put back
             e = FakeMember("e")
+            assert wait_for(lambda: not on_reactor(lambda: two.target.recovering), 5)
             assert joined(two, "r", e).existing == ["a", "c", "b"]
             settle(one, two)
             assert decoded(a)[-1] == ("new-client", "e")
@@ -364,5 +370,38 @@ def test_relays_are_refused_while_redis_is_behind(tmp_path: Path) -> None:
             assert room.send("b", frame) is True
             settle(one, two)
             assert b.received.count(frame) == accepted + 1
+    finally:
+        server.stop()
+
+
+def test_a_redis_restart_that_kept_its_data_declares_nobody_dead(tmp_path: Path) -> None:
+    """Redis restarted from its snapshot after longer than the TTL: every
+    liveness key has expired, yet no node is declared dead: the first node
+    back starts the cluster's grace, and the others refresh within it."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    evicted: list[list[Any]] = []
+    try:
+        with nodes(
+            3, url=server.url(), ttl=1.0, heartbeat=0.2, on_evicted=evicted.append
+        ) as all_nodes:
+            members = [FakeMember(name) for name in "abc"]
+            for rooms, member in zip(all_nodes, members, strict=True):
+                joined(rooms, "r", member)
+            settle(*all_nodes)
+            assert redis_command(server.port, "SAVE") == b"OK"
+            server.stop()
+            time.sleep(2.5)  # every key of the snapshot is past its TTL
+            server.start()  # loads the snapshot
+            for rooms in all_nodes:
+                assert wait_for(lambda r=rooms: on_reactor(lambda: r.target.available), 10)
+            time.sleep(3)  # past the grace: reaping runs again
+            assert evicted == []
+            assert [on_reactor(lambda r=r: r.target.nodes_reaped) for r in all_nodes] == [0, 0, 0]
+            room = all_nodes[0].room("r")
+            assert room is not None and room.member_ids() == ["a", "b", "c"]
+            assert room.send("c", messages.relayed("offer", "a", "still here")) is True
+            settle(*all_nodes)
+            assert decoded(members[2])[-1] == ("offer", "a")
     finally:
         server.stop()

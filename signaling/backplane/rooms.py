@@ -257,9 +257,12 @@ class RedisRooms:
         self._reconcile_call: DelayedCall | None = None
         self._registered = False
         self._synced = False
-        #: No reaping before this time: after a (re)connection, every live
-        #: node gets a chance to refresh its key first.
-        self._reap_after = 0.0
+        #: Whether this process has been in the cluster (registered) before.
+        self._was_registered = False
+        #: The cluster's grace after an outage is on (as of the last heartbeat).
+        self.recovering = False
+        #: Comparisons with Redis on their way (snapshots sent, not yet compared).
+        self._comparing = 0
         self._last_beat = 0.0
         self._stopping = False
         #: Counters for /metrics.
@@ -372,6 +375,8 @@ class RedisRooms:
             detail = "no subscription to Redis"
         elif not self._registered:
             detail = "registering with Redis"
+        elif self.recovering:
+            detail = "recovering from a Redis restart: joins wait until every process is back"
         else:
             return RoomsHealth(True, "connected to Redis", self.node_id)
         return RoomsHealth(False, detail, self.node_id)
@@ -556,7 +561,7 @@ class RedisRooms:
             view.number = number
             if not joining:
                 view.members.pop(member_id, None)
-                if self._syncs:
+                if self._comparing:
                     view.left[member_id] = number
             elif event[4] != self.node_id or member_id in view.local:
                 view.members[member_id] = (event[4], number)
@@ -617,6 +622,10 @@ class RedisRooms:
                 refused = RoomFull(self.max_room_size)
             elif status == b"too_many_rooms":
                 refused = TooManyRooms(self.max_rooms)
+            elif status == b"recovering":
+                refused = RoomsUnavailable(
+                    "the rooms are recovering from an outage; try again in a few seconds"
+                )
             else:  # b"dead": this node was declared dead; the heartbeat will see to it
                 refused = RoomsUnavailable("the rooms' store cannot be reached; try again shortly")
                 self._beat()
@@ -687,22 +696,43 @@ class RedisRooms:
     def _send_leave(self, room_id: str, client_id: str, view: RedisRoom | None) -> None:
         self._flush()
         if self._client.connected:
-            self._client.run_script(self._leave, args=(self.prefix, room_id, client_id)).addErrback(
-                self._leave_failed, client_id, view
+            self._client.run_script(
+                self._leave, args=(self.prefix, room_id, client_id)
+            ).addCallbacks(
+                self._left,
+                self._leave_failed,
+                callbackArgs=(client_id, view),
+                errbackArgs=(client_id, view),
             )
         else:
             self._leave_failed(None, client_id, view)
 
+    def _left(self, number: int | None, client_id: str, view: RedisRoom | None) -> None:
+        if number is None:
+            # Redis did not have it (lost in an outage): no event will come,
+            # so the members here that knew it hear of it now.
+            self._tell_here(client_id, view)
+
     def _leave_failed(
         self, failure: Failure | None, client_id: str, view: RedisRoom | None
     ) -> None:
-        # Redis will hear of it on reconnection (RESYNC); the members here now.
+        # Redis will hear of it when this node registers again (RESYNC); the
+        # members here hear of it now.
+        if failure is not None and not failure.check(Unavailable):
+            _log.failure("A leave failed in Redis; re-registering", failure)
+            self._registered = False  # the next heartbeat makes Redis agree
         if view is not None and view.local:
             self._left_offline.add(client_id)
-            frame = messages.leave_client(client_id)
-            for local in list(view.local.values()):
-                if local.number is not None:
-                    local.member.deliver(frame)
+        self._tell_here(client_id, view)
+
+    def _tell_here(self, client_id: str, view: RedisRoom | None) -> None:
+        """``leave-client`` to the joined members of ``view`` in this process."""
+        if view is None or not view.local:
+            return
+        frame = messages.leave_client(client_id)
+        for local in list(view.local.values()):
+            if local.number is not None:
+                local.member.deliver(frame)
 
     # -- connection, liveness, recovery ----------------------------------------------
 
@@ -721,7 +751,12 @@ class RedisRooms:
             self._reconcile_all()
 
     def _inbox_down(self) -> None:
-        pass
+        # Comparisons on their way will not come back: they are made again
+        # when the subscription is (_inbox_up).
+        self._syncs.clear()
+        self._comparing = 0
+        for view in self._views.values():
+            view.left.clear()
 
     def _schedule_beat(self) -> None:
         if not self._stopping:
@@ -735,26 +770,23 @@ class RedisRooms:
 
     def _beat(self) -> None:
         ttl_ms = int(self.ttl * 1000)
+        before = int(self._was_registered)
         self._client.run_script(
-            self._heartbeat, args=(self.prefix, self.node_id, ttl_ms)
-        ).addCallbacks(self._beaten, self._beat_failed)
+            self._heartbeat, args=(self.prefix, self.node_id, ttl_ms, before)
+        ).addCallbacks(self._beaten, self._beat_failed, callbackArgs=(self.node_id,))
 
-    def _beaten(self, reply: list[int]) -> None:
-        if self._stopping:
-            return
-        alive, self.rooms_in_cluster, self.nodes_in_cluster, gap = reply
-        self._last_beat = now = self._clock.seconds()
+    def _beaten(self, reply: list[int], node_id: str) -> None:
+        if self._stopping or node_id != self.node_id:
+            return  # a reply for the id this node had before an eviction
+        alive, self.rooms_in_cluster, self.nodes_in_cluster, grace = reply
+        self.recovering = bool(grace)
+        self._last_beat = self._clock.seconds()
         if not alive:
             self._evicted()
             return
         if not self._registered:
-            if gap < 0 or gap > self.ttl * 1000:
-                # No node refreshed for longer than the TTL (Redis was down,
-                # or is new): every key may have expired; give every live
-                # node the time to refresh before declaring any dead.
-                self._reap_after = now + 2 * self.ttl
             self._register()
-        elif self._clock.seconds() >= self._reap_after:
+        elif not grace:
             self._client.run_script(
                 self._reap, args=(self.prefix, self.node_id, REMEMBER_DEAD)
             ).addCallbacks(self._reaped, self._beat_failed)
@@ -788,15 +820,19 @@ class RedisRooms:
         ).addCallbacks(self._registered_now, self._beat_failed)
 
     def _registered_now(self, reply: list[Any]) -> None:
-        removed, restored = reply
+        removed, restored, lost = reply
         first = not self._synced
-        self._registered = self._synced = True
-        if removed or restored:
+        self._registered = self._synced = self._was_registered = True
+        if removed or restored or lost:
             _log.info(
-                "Re-registered with Redis: {restored} members put back, {removed} removed",
+                "Re-registered with Redis: {restored} members put back, {removed} removed,"
+                " {lost} lost",
                 restored=restored,
                 removed=removed,
+                lost=len(lost),
             )
+        if lost:
+            self._let_go([m.decode() for m in lost])
         if first:
             # Compare the rooms with Redis once every live node has had its
             # chance to re-register (after Redis restarted empty, a member
@@ -833,26 +869,69 @@ class RedisRooms:
             self.on_evicted(members)
         self._beat()
 
+    def _let_go(self, client_ids: list[str]) -> None:
+        """Members this node holds that Redis lost while the others went on
+        (they were told these left): out of their rooms here too, and
+        disconnected (``on_evicted``) to join again."""
+        members = []
+        for client_id in client_ids:
+            local = self._local.get(client_id)
+            if local is not None:
+                members.append(local.member)
+                self.leave(local.member)
+        _log.warn(
+            "{count} members of this node were lost from Redis after the grace; closing them",
+            count=len(members),
+        )
+        if members and self.on_evicted is not None:
+            self.on_evicted(members)
+
     def _reconcile_all(self) -> None:
         for room_id, view in list(self._views.items()):
             if view.ready:
+                # From now on leaves are remembered: one may reach the inbox
+                # before the snapshot's reply that came after it.
+                self._comparing += 1
                 self._client.run_script(self._snapshot, args=(self.prefix, room_id)).addCallbacks(
-                    self._snapshot_taken, self._beat_failed, callbackArgs=(room_id,)
+                    self._snapshot_taken, self._comparison_failed, callbackArgs=(room_id,)
                 )
+
+    def _comparison_failed(self, failure: Failure | None = None) -> None:
+        self._compared()
+        if failure is not None:
+            self._beat_failed(failure)
+
+    def _compared(self) -> None:
+        self._comparing = max(0, self._comparing - 1)
+        if not self._comparing:
+            for view in self._views.values():
+                view.left.clear()
 
     def _snapshot_taken(self, reply: list[Any], room_id: str) -> None:
         # Compared when it comes back on the inbox, after every event before it.
         token = b"S" + os.urandom(8)
         self._syncs[token] = (room_id, reply)
-        self._client.publish(self._inbox_channel, token).addErrback(
-            lambda _: self._syncs.pop(token, None)
-        )
+
+        def published(receivers: int) -> None:
+            if not receivers and self._syncs.pop(token, None) is not None:
+                self._compared()  # the subscription is down: it will not come back
+
+        def failed(failure: Failure) -> None:
+            if self._syncs.pop(token, None) is not None:
+                self._compared()
+
+        self._client.publish(self._inbox_channel, token).addCallbacks(published, failed)
 
     def _sync_arrived(self, token: bytes) -> None:
         entry = self._syncs.pop(token, None)
         if entry is None:
             return
-        room_id, reply = entry
+        try:
+            self._compare(*entry)
+        finally:
+            self._compared()
+
+    def _compare(self, room_id: str, reply: list[Any]) -> None:
         view = self._views.get(room_id)
         if view is None or not view.ready:
             return
@@ -874,8 +953,6 @@ class RedisRooms:
             view.members[member_id] = (node, number)
             self._notify(view, member_id, number, messages.new_client(member_id))
         view.number = max(view.number, counter)
-        if not self._syncs:
-            view.left.clear()
 
 
 class RedisRoomsService(Service):

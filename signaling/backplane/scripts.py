@@ -9,7 +9,8 @@ Every script takes the key prefix as ``ARGV[1]``. Keys (``P`` is the prefix):
 - ``P node:N``: hash, member -> room, of node N (what to remove if N dies);
 - ``P nodes``: the set of live nodes; ``P node:N:alive``: a key with a TTL
   that node N refreshes; ``P node:N:dead``: set when N was declared dead;
-- ``P beat``: when (Redis's clock, ms) any node last refreshed its key.
+- ``P beat``: when (Redis's clock, ms) any node last refreshed its key;
+- ``P grace``: set (with a TTL) after an outage while nodes re-register.
 
 Each change is published, as a JSON array, to the inbox channel
 ``P inbox:N`` of every node with members in the room after it:
@@ -53,6 +54,22 @@ local function remove(room, member)
   return number
 end
 
+-- HMGET of any number of fields (unpack fails past about 8,000).
+local function hmget(key, fields)
+  local values = {}
+  for first = 1, #fields, 1000 do
+    local chunk = {}
+    for i = first, math.min(first + 999, #fields) do
+      chunk[#chunk + 1] = fields[i]
+    end
+    local got = redis.call('HMGET', key, unpack(chunk))
+    for i = 1, #chunk do
+      values[#values + 1] = got[i]
+    end
+  end
+  return values
+end
+
 local function reap(node)
   local index = redis.call('HGETALL', P .. 'node:' .. node)
   for i = 1, #index, 2 do
@@ -66,8 +83,10 @@ end
 
 #: ARGV: prefix, room, member, node, max room size, max rooms (0: no bound).
 #: Returns ``{"ok", number, member, number, node, ...}`` (the members before,
-#: in join order), ``{"room_full"}``, ``{"too_many_rooms"}``, or ``{"dead"}``
-#: if the node was declared dead (nothing of it may come back).
+#: in join order), ``{"room_full"}``, ``{"too_many_rooms"}``, ``{"dead"}`` if
+#: the node was declared dead (nothing of it may come back), or
+#: ``{"recovering"}`` during the grace after an outage (``P grace``), while
+#: nodes put their members back.
 JOIN = (
     _COMMON
     + b"""
@@ -75,6 +94,9 @@ local room, member, node = ARGV[2], ARGV[3], ARGV[4]
 local max_size, max_rooms = tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('EXISTS', P .. 'node:' .. node .. ':dead') == 1 then
   return {'dead'}
+end
+if redis.call('EXISTS', P .. 'grace') == 1 then
+  return {'recovering'}
 end
 local key = P .. 'room:' .. room
 local size = redis.call('ZCARD', key)
@@ -93,7 +115,7 @@ if size > 0 then
   for i = 1, #before, 2 do
     ids[#ids + 1] = before[i]
   end
-  local nodes = redis.call('HMGET', key .. ':nodes', unpack(ids))
+  local nodes = hmget(key .. ':nodes', ids)
   for i = 1, #ids do
     reply[#reply + 1] = ids[i]
     reply[#reply + 1] = before[2 * i]
@@ -122,28 +144,36 @@ return nil
 """
 )
 
-#: ARGV: prefix, node, TTL in milliseconds. Refreshes the node's liveness.
-#: Returns ``{alive, rooms, nodes, gap}``: alive is 0 if the node was declared
-#: dead (it must start over); then the number of rooms and of live nodes; and
-#: the milliseconds since any node last refreshed (``P beat``), -1 if none
-#: ever did (a new or emptied Redis).
+#: ARGV: prefix, node, TTL in milliseconds, whether the node was in the
+#: cluster before (1 after a reconnection, 0 at its first start). Refreshes
+#: the node's liveness. When no node refreshed for longer than the TTL (Redis
+#: was down, or restarted) and this node was in the cluster before, every
+#: key may have expired or been lost: it starts the cluster's grace of 2
+#: TTLs (``P grace``), during which nobody is declared dead and joins wait,
+#: so that every live node refreshes and puts its members back first.
+#: Returns ``{alive, rooms, nodes, grace}``: alive is 0 if the node was
+#: declared dead (it must start over); grace is 1 while the grace lasts.
 HEARTBEAT = b"""
-local P, node = ARGV[1], ARGV[2]
+local P, node, ttl, before = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local alive = 0
 if redis.call('EXISTS', P .. 'node:' .. node .. ':dead') == 0 then
-  redis.call('SET', P .. 'node:' .. node .. ':alive', '1', 'PX', ARGV[3])
+  redis.call('SET', P .. 'node:' .. node .. ':alive', '1', 'PX', ttl)
   redis.call('SADD', P .. 'nodes', node)
   alive = 1
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local last = redis.call('GET', P .. 'beat')
-local gap = -1
-if last then
-  gap = now - tonumber(last)
+if before == '1' and (not last or now - tonumber(last) > ttl) then
+  redis.call('SET', P .. 'grace', '1', 'PX', 2 * ttl)
 end
 redis.call('SET', P .. 'beat', now)
-return {alive, redis.call('SCARD', P .. 'rooms'), redis.call('SCARD', P .. 'nodes'), gap}
+return {
+  alive,
+  redis.call('SCARD', P .. 'rooms'),
+  redis.call('SCARD', P .. 'nodes'),
+  redis.call('EXISTS', P .. 'grace'),
+}
 """
 
 #: ARGV: prefix, this node, seconds to remember a dead node. Declares dead
@@ -154,6 +184,9 @@ REAP = (
     + b"""
 local me, remember = ARGV[2], ARGV[3]
 local reaped = {}
+if redis.call('EXISTS', P .. 'grace') == 1 then
+  return reaped
+end
 for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
   if node ~= me and redis.call('EXISTS', P .. 'node:' .. node .. ':alive') == 0 then
     local count = reap(node)
@@ -177,9 +210,9 @@ return reap(ARGV[2])
 #: ARGV: prefix, node, the highest event number the node has seen, then
 #: (member, room, number) for each member the node holds. Makes Redis agree
 #: with the node after an outage: members of the node that it no longer holds
-#: are removed (their rooms hear of it), those missing (Redis restarted
-#: empty) are put back under their old numbers.
-#: Returns how many were removed and how many put back.
+#: are removed (their rooms hear of it), those missing are put back under
+#: their old numbers during the grace (Redis restarted empty) and reported
+#: lost after it. Returns ``{removed, restored, {lost member, ...}}``.
 RESYNC = (
     _COMMON
     + b"""
@@ -199,16 +232,24 @@ for i = 1, #index, 2 do
     redis.call('HDEL', index_key, index[i])
   end
 end
+local grace = redis.call('EXISTS', P .. 'grace') == 1
+local lost = {}
 for i = 4, #ARGV, 3 do
   local member, room, number = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local key = P .. 'room:' .. room
-  if not redis.call('ZSCORE', key, member) then
+  if redis.call('ZSCORE', key, member) then
+    redis.call('HSET', index_key, member, room)
+  elseif grace then
     redis.call('ZADD', key, number, member)
     redis.call('HSET', key .. ':nodes', member, node)
     redis.call('SADD', P .. 'rooms', room)
+    redis.call('HSET', index_key, member, room)
     restored = restored + 1
+  else
+    -- Lost while the others went on (they were told it left): the node
+    -- must let it go rather than put it back unannounced.
+    lost[#lost + 1] = member
   end
-  redis.call('HSET', index_key, member, room)
   if number > highest then
     highest = number
   end
@@ -216,7 +257,7 @@ end
 if tonumber(redis.call('GET', P .. 'seq') or '0') < highest then
   redis.call('SET', P .. 'seq', highest)
 end
-return {removed, restored}
+return {removed, restored, lost}
 """
 )
 
@@ -234,7 +275,17 @@ local ids = {}
 for i = 1, #members, 2 do
   ids[#ids + 1] = members[i]
 end
-local nodes = redis.call('HMGET', key .. ':nodes', unpack(ids))
+local nodes = {}
+for first = 1, #ids, 1000 do
+  local chunk = {}
+  for i = first, math.min(first + 999, #ids) do
+    chunk[#chunk + 1] = ids[i]
+  end
+  local got = redis.call('HMGET', key .. ':nodes', unpack(chunk))
+  for i = 1, #chunk do
+    nodes[#nodes + 1] = got[i]
+  end
+end
 for i = 1, #ids do
   reply[#reply + 1] = ids[i]
   reply[#reply + 1] = members[2 * i]

@@ -453,7 +453,8 @@ def _redis_address(url: str) -> Any:
         from signaling.backplane.redis import parse_url
     except ImportError as e:
         raise usage.UsageError(
-            f"--redis needs the redis extra ({e}): pip install 'signaling[redis]'"
+            f"--redis needs the redis extra ({e}): pip install 'signaling-server[redis]' "
+            "(from the source directory: pip install '.[redis]')"
         ) from None
     try:
         return parse_url(url)
