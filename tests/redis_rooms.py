@@ -95,21 +95,26 @@ def require_redis_rooms() -> None:
 
 @contextlib.contextmanager
 def nodes(
-    count: int, url: str = SHARED_URL, clocks: list[Any] | None = None, **options: Any
+    count: int,
+    url: str = SHARED_URL,
+    clocks: list[Any] | None = None,
+    each: list[dict[str, Any]] | None = None,
+    **options: Any,
 ) -> Iterator[list[RoomsOnReactor]]:
     """``count`` RedisRooms (nodes) sharing a fresh prefix, started and
     registered; stopped after. ``clocks``: each node's clock for its timers
-    (the reactor unless given); connections always use the reactor."""
+    (the reactor unless given); connections always use the reactor.
+    ``each``: options of each node, over ``options``."""
     require_redis_rooms()
     with shared_prefix() as prefix:
         options.setdefault("retry_policy", lambda attempt: 0.05)
         made = [
             on_reactor(
-                lambda clock=clock: RedisRooms(
-                    parse_url(url), clock, prefix=prefix, reactor=reactor, **options
+                lambda clock=clock, own=own: RedisRooms(
+                    parse_url(url), clock, prefix=prefix, reactor=reactor, **{**options, **own}
                 )
             )
-            for clock in (clocks or [reactor] * count)
+            for clock, own in zip(clocks or [reactor] * count, each or [{}] * count, strict=True)
         ]
         try:
             for rooms in made:

@@ -405,3 +405,37 @@ def test_a_redis_restart_that_kept_its_data_declares_nobody_dead(tmp_path: Path)
             assert decoded(members[2])[-1] == ("offer", "a")
     finally:
         server.stop()
+
+
+def test_a_node_back_after_the_grace_lets_its_lost_members_go(tmp_path: Path) -> None:
+    """Redis restarted empty; one node comes back at once, the other only
+    after the grace: the first has told its members the other's are gone, so
+    the late node closes them rather than put them back unannounced."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    evicted: list[list[Any]] = []
+    try:
+        with nodes(
+            2,
+            url=server.url(),
+            ttl=1.0,
+            heartbeat=0.2,
+            on_evicted=evicted.append,
+            each=[{}, {"retry_policy": lambda attempt: 4.0}],  # two reconnects late
+        ) as (one, two):
+            a, b = FakeMember("a"), FakeMember("b")
+            joined(one, "r", a)
+            joined(two, "r", b)
+            settle(one, two)
+            server.stop()
+            time.sleep(0.3)
+            server.start()  # empty
+            assert wait_for(lambda: ("leave-client", "b") in decoded(a), 8)
+            assert wait_for(lambda: bool(evicted), 10)
+            assert [m.client_id for m in evicted[0]] == ["b"]
+            assert two.member_count == 0
+            room = one.room("r")
+            assert room is not None and room.member_ids() == ["a"]
+            assert on_reactor(lambda: one.target.nodes_reaped) == 0
+    finally:
+        server.stop()
