@@ -208,24 +208,34 @@ def test_logins_are_logged_with_the_key_fingerprint(
     assert [(e["user"], e["fingerprint"]) for e in logins] == [("alice", fingerprint(operator_key))]
 
 
-def test_make_service_serves_the_console(
-    tmp_path: Path, open_console, keys_file: Path, operator_key: keys.Key
-) -> None:
-    """The options, makeService and the namespace, end to end over a UNIX socket."""
+@contextlib.contextmanager
+def served_console(
+    tmp_path: Path, open_console, keys_file: Path, operator_key: keys.Key, *options: str
+) -> Iterator[Console]:
+    """A server built by makeService from the options (as twistd would), with
+    its console on a UNIX socket, and a console logged in to it."""
     socket_path = str(tmp_path / "manhole.sock")
     config = parse(
         *("--port", "0", "--interface", "127.0.0.1", "--manhole", f"unix:{socket_path}"),
         *("--manhole-keys", str(keys_file), "--manhole-host-key", str(tmp_path / "hk")),
+        *options,
     )
     service = makeService(config)
     on_reactor(service.startService)
     try:
         assert config.manhole is not None
-        console = open_console(socket_path, config.manhole.host_key, key=operator_key)
-        console.run("print('up', stats().connections, rooms(), type(factory).__name__)")
-        console.wait_for_text("up 0 {} SignalingFactory")
+        yield open_console(socket_path, config.manhole.host_key, key=operator_key)
     finally:
         on_reactor(service.stopService)
+
+
+def test_make_service_serves_the_console(
+    tmp_path: Path, open_console, keys_file: Path, operator_key: keys.Key
+) -> None:
+    """The options, makeService and the namespace, end to end over a UNIX socket."""
+    with served_console(tmp_path, open_console, keys_file, operator_key) as console:
+        console.run("print('up', stats().connections, rooms(), type(factory).__name__)")
+        console.wait_for_text("up 0 {} SignalingFactory")
 
 
 def test_console_exit_ends_the_session(console: Console) -> None:
@@ -626,21 +636,10 @@ def test_the_console_lists_and_closes_rooms_across_processes(
         a.join("standup")
         b.join("standup")
         a.expect("new-client")
-        socket_path = str(tmp_path / "manhole.sock")
-        config = parse(
-            *("--port", "0", "--interface", "127.0.0.1", "--manhole", f"unix:{socket_path}"),
-            *("--manhole-keys", str(keys_file), "--manhole-host-key", str(tmp_path / "hk")),
-            *("--redis", SHARED_URL, "--redis-prefix", prefix),
-        )
-        service = makeService(config)
-        on_reactor(service.startService)
-        try:
-            assert config.manhole is not None
-            console = open_console(socket_path, config.manhole.host_key, key=operator_key)
+        redis = ("--redis", SHARED_URL, "--redis-prefix", prefix)
+        with served_console(tmp_path, open_console, keys_file, operator_key, *redis) as console:
             console.run("cluster_rooms()")
             console.wait_for_text(f"'standup': ['{a.id}', '{b.id}']")
             console.run("close_room('standup', 'maintenance')")
             assert a.expect_closed() == admin.ROOM_CLOSED
             assert b.expect_closed() == admin.ROOM_CLOSED
-        finally:
-            on_reactor(service.stopService)

@@ -439,3 +439,23 @@ def test_a_node_back_after_the_grace_lets_its_lost_members_go(tmp_path: Path) ->
             assert on_reactor(lambda: one.target.nodes_reaped) == 0
     finally:
         server.stop()
+
+
+def test_a_join_into_a_room_of_thousands() -> None:
+    """The scripts read a room's nodes in chunks: Lua's unpack fails past
+    about 8,000 values."""
+    with nodes(1) as [one]:
+        prefix = on_reactor(lambda: one.target.prefix)
+        fill = (
+            "for i = 1, 9000 do"
+            " redis.call('ZADD', KEYS[1], i, 'm' .. i)"
+            " redis.call('HSET', KEYS[1] .. ':nodes', 'm' .. i, 'elsewhere') end"
+            " redis.call('SET', ARGV[1] .. 'seq', 9000)"
+            " redis.call('SADD', ARGV[1] .. 'rooms', 'big')"
+        )
+        redis_command(6379, "EVAL", fill, "1", f"{prefix}room:big", prefix)
+        outcome = joined(one, "big", FakeMember("x"))
+        assert len(outcome.existing) == 9000
+        assert outcome.existing[:2] == ["m1", "m2"] and outcome.existing[-1] == "m9000"
+        room = one.room("big")
+        assert room is not None and len(room) == 9001

@@ -70,6 +70,23 @@ local function hmget(key, fields)
   return values
 end
 
+-- The members of a room in join order: {member, number, node, ...}.
+local function members_of(key)
+  local members = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local ids = {}
+  for i = 1, #members, 2 do
+    ids[#ids + 1] = members[i]
+  end
+  local nodes = hmget(key .. ':nodes', ids)
+  local flat = {}
+  for i = 1, #ids do
+    flat[#flat + 1] = ids[i]
+    flat[#flat + 1] = members[2 * i]
+    flat[#flat + 1] = nodes[i] or ''
+  end
+  return flat
+end
+
 local function reap(node)
   local index = redis.call('HGETALL', P .. 'node:' .. node)
   for i = 1, #index, 2 do
@@ -109,18 +126,8 @@ elseif max_size > 0 and size >= max_size then
 end
 local number = redis.call('INCR', P .. 'seq')
 local reply = {'ok', number}
-if size > 0 then
-  local before = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-  local ids = {}
-  for i = 1, #before, 2 do
-    ids[#ids + 1] = before[i]
-  end
-  local nodes = hmget(key .. ':nodes', ids)
-  for i = 1, #ids do
-    reply[#reply + 1] = ids[i]
-    reply[#reply + 1] = before[2 * i]
-    reply[#reply + 1] = nodes[i] or ''
-  end
+for _, field in ipairs(members_of(key)) do
+  reply[#reply + 1] = field
 end
 redis.call('ZADD', key, number, member)
 redis.call('HSET', key .. ':nodes', member, node)
@@ -263,36 +270,16 @@ return {removed, restored, lost}
 
 #: ARGV: prefix, room. Returns ``{counter, member, number, node, ...}``: the
 #: event counter now, and the room's members in join order.
-SNAPSHOT = b"""
-local P, room = ARGV[1], ARGV[2]
-local key = P .. 'room:' .. room
+SNAPSHOT = (
+    _COMMON
+    + b"""
 local reply = {redis.call('GET', P .. 'seq') or '0'}
-local members = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-if #members == 0 then
-  return reply
-end
-local ids = {}
-for i = 1, #members, 2 do
-  ids[#ids + 1] = members[i]
-end
-local nodes = {}
-for first = 1, #ids, 1000 do
-  local chunk = {}
-  for i = first, math.min(first + 999, #ids) do
-    chunk[#chunk + 1] = ids[i]
-  end
-  local got = redis.call('HMGET', key .. ':nodes', unpack(chunk))
-  for i = 1, #chunk do
-    nodes[#nodes + 1] = got[i]
-  end
-end
-for i = 1, #ids do
-  reply[#reply + 1] = ids[i]
-  reply[#reply + 1] = members[2 * i]
-  reply[#reply + 1] = nodes[i] or ''
+for _, field in ipairs(members_of(P .. 'room:' .. ARGV[2])) do
+  reply[#reply + 1] = field
 end
 return reply
 """
+)
 
 #: ARGV: prefix, room, reason. Tells every node with members in the room to
 #: close their connections (``["c", room, 0, reason]``); returns how many
