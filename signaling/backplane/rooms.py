@@ -263,7 +263,6 @@ class RedisRooms:
         self.recovering = False
         #: Comparisons with Redis on their way (snapshots sent, not yet compared).
         self._comparing = 0
-        self._last_beat = 0.0
         self._stopping = False
         #: Counters for /metrics.
         self.relays_published = 0
@@ -780,7 +779,6 @@ class RedisRooms:
             return  # a reply for the id this node had before an eviction
         alive, self.rooms_in_cluster, self.nodes_in_cluster, grace = reply
         self.recovering = bool(grace)
-        self._last_beat = self._clock.seconds()
         if not alive:
             self._evicted()
             return
