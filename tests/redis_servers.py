@@ -31,18 +31,6 @@ def answers(host: str, port: int) -> bool:
         return False
 
 
-def redis_keys(prefix: str, port: int = SHARED[1]) -> list[str]:
-    """The keys under ``prefix`` (database 0)."""
-    import hiredis
-
-    reader = hiredis.Reader()
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(hiredis.pack_command(("KEYS", prefix + "*")))
-        while (reply := reader.gets()) is False:
-            reader.feed(sock.recv(65536))
-    return sorted(key.decode() for key in reply)
-
-
 def redis_command(port: int, *args: str) -> Any:
     """One command's reply from the Redis on 127.0.0.1:``port``."""
     import hiredis
@@ -53,6 +41,11 @@ def redis_command(port: int, *args: str) -> Any:
         while (reply := reader.gets()) is False:
             reader.feed(sock.recv(65536))
     return reply
+
+
+def redis_keys(prefix: str, port: int = SHARED[1]) -> list[str]:
+    """The keys under ``prefix`` (database 0)."""
+    return sorted(key.decode() for key in redis_command(port, "KEYS", prefix + "*"))
 
 
 def require_shared() -> None:

@@ -459,3 +459,25 @@ def test_a_join_into_a_room_of_thousands() -> None:
         assert outcome.existing[:2] == ["m1", "m2"] and outcome.existing[-1] == "m9000"
         room = one.room("big")
         assert room is not None and len(room) == 9001
+
+
+def test_failing_joins_are_logged_within_a_budget(
+    tmp_path: Path, info_events: list[dict[str, Any]]
+) -> None:
+    """Redis refusing every write (out of memory): each join gets
+    ``unavailable``, but clients decide how many there are, so only a few
+    a minute are logged, the rest counted."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        with nodes(1, url=server.url()) as [one]:
+            from signaling.backplane.rooms import LOG_FAILURES_PER_MINUTE
+
+            redis_command(server.port, "CONFIG", "SET", "maxmemory", "1")
+            outcomes = [join(one, "r", FakeMember(f"m{i}")) for i in range(30)]
+            assert all(isinstance(o, RoomsUnavailable) for o in outcomes), outcomes
+            redis_command(server.port, "CONFIG", "SET", "maxmemory", "0")
+        logged = [e for e in info_events if e.get("log_format") == "A join failed in Redis"]
+        assert len(logged) == LOG_FAILURES_PER_MINUTE
+    finally:
+        server.stop()

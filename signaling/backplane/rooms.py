@@ -54,6 +54,7 @@ from signaling.backplane.redis import (
 )
 from signaling.core import messages
 from signaling.core.clock import Clock, DelayedCall, cancel
+from signaling.core.logbudget import LogBudget
 from signaling.core.rooms import (
     AlreadyInRoom,
     JoinDone,
@@ -78,6 +79,8 @@ _RECORD = struct.Struct(">BIQ")
 _RELAYS = b"R"
 #: Seconds a dead node's id is remembered (so that it cannot come back).
 REMEMBER_DEAD = 86400
+#: Join and leave failures logged a minute, of each kind (the rest counted).
+LOG_FAILURES_PER_MINUTE = 10
 
 
 def new_node_id() -> str:
@@ -280,6 +283,9 @@ class RedisRooms:
         #: Members whose leave the members here heard of while Redis was
         #: unreachable: its event, published later, is not news to them.
         self._left_offline: set[str] = set()
+        #: Clients decide how often joins and leaves fail (Redis out of
+        #: memory, say): their failures are logged within a budget.
+        self._log_budget = LogBudget(clock, LOG_FAILURES_PER_MINUTE, _log)
 
     # -- the Rooms boundary --------------------------------------------------------
 
@@ -674,7 +680,8 @@ class RedisRooms:
         if failure.check(Unavailable):
             refused = RoomsUnavailable("the rooms' store cannot be reached; try again shortly")
         else:
-            _log.failure("A join failed in Redis", failure)
+            if self._log_budget.allow("Redis join failure"):
+                _log.failure("A join failed in Redis", failure)
             refused = RoomsUnavailable("the rooms' store refused the join")
         local.done(refused)
 
@@ -718,7 +725,8 @@ class RedisRooms:
         # Redis will hear of it when this node registers again (RESYNC); the
         # members here hear of it now.
         if failure is not None and not failure.check(Unavailable):
-            _log.failure("A leave failed in Redis; re-registering", failure)
+            if self._log_budget.allow("Redis leave failure"):
+                _log.failure("A leave failed in Redis; re-registering", failure)
             self._registered = False  # the next heartbeat makes Redis agree
         if view is not None and view.local:
             self._left_offline.add(client_id)
@@ -790,7 +798,7 @@ class RedisRooms:
             ).addCallbacks(self._reaped, self._beat_failed)
 
     def _beat_failed(self, failure: Failure) -> None:
-        if not failure.check(Unavailable):
+        if not failure.check(Unavailable) and self._log_budget.allow("Redis liveness failure"):
             _log.failure("A liveness check failed in Redis", failure)
 
     def _reaped(self, reply: list[Any]) -> None:
