@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
-from bench.twistd import ServerProcess
+from bench.twistd import ServerProcess, source_env
 
 from .conftest import TIMEOUT, Client, wait_for
 from .redis_rooms import require_redis_rooms
@@ -278,3 +280,34 @@ def test_degraded_503_for_load_balancers(tmp_path: Path, run_twistd: Start) -> N
         assert healthz(process.port)[1]["status"] == "degraded"
     finally:
         server.stop()
+
+
+def test_a_process_started_before_redis_is_ready_only_once_it_is_reached(
+    tmp_path: Path, run_twistd: Start, clients: Any
+) -> None:
+    """systemd hears READY=1 once the rooms are shared, not before; a join
+    made meanwhile waits for Redis rather than failing."""
+    require_redis_rooms()
+    server = PrivateRedis(tmp_path)  # not started yet
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notifications:
+        name = f"signaling-test-{os.getpid()}-{id(notifications)}"
+        notifications.bind("\0" + name)
+        notifications.settimeout(0.5)
+        try:
+            process = run_twistd(
+                "--port", "0", "--interface", "127.0.0.1", "--redis", server.url(),
+                "--redis-timeout", "20",
+                env=source_env() | {"NOTIFY_SOCKET": "@" + name},
+            )  # fmt: skip
+            a = clients(process)
+            a.send("join", {"room_id": "r"})
+            with pytest.raises(TimeoutError):
+                notifications.recv(4096)
+            assert healthz(process.port)[1]["status"] == "degraded"
+            server.start()
+            notifications.settimeout(TIMEOUT)
+            assert "READY=1" in notifications.recv(4096).decode().splitlines()
+            assert a.expect("joined") == {"room_id": "r", "clients": []}
+            assert registered(process.port)
+        finally:
+            server.stop()

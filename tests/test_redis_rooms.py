@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from signaling.core.rooms import Joined, JoinRefused, RoomFull, RoomsUnavailable
 
 from .conftest import on_reactor, wait_for
 from .fakes import FakeMember
-from .redis_rooms import RoomsOnReactor, nodes
+from .redis_rooms import RoomsOnReactor, nodes, require_redis_rooms
 from .redis_servers import PrivateRedis, redis_command, redis_keys
 
 pytestmark = pytest.mark.usefixtures("reactor_thread")
@@ -481,3 +482,71 @@ def test_failing_joins_are_logged_within_a_budget(
         assert len(logged) == LOG_FAILURES_PER_MINUTE
     finally:
         server.stop()
+
+
+def _unstarted_node(url: str, **options: Any) -> Any:
+    """A RedisRooms on ``url`` (not started), with a fresh prefix."""
+    from signaling.backplane.redis import parse_url
+    from signaling.backplane.rooms import RedisRooms
+
+    return on_reactor(
+        lambda: RedisRooms(
+            parse_url(url),
+            reactor,
+            prefix=f"signaling-test:{os.urandom(8).hex()}:",
+            reactor=reactor,
+            retry_policy=lambda attempt: 0.05,
+            **options,
+        )
+    )
+
+
+def test_a_join_made_while_the_node_starts_waits_for_redis(tmp_path: Path) -> None:
+    """A process just started is not in an outage: a join made before it
+    first reaches Redis waits for it (within --redis-timeout), and the
+    node says it is ready only then."""
+    require_redis_rooms()
+    server = PrivateRedis(tmp_path)
+    node = _unstarted_node(server.url(), reply_timeout=10.0)
+    started: list[object] = []
+    outcomes: list[Joined | JoinRefused] = []
+    try:
+        on_reactor(lambda: node.started().addCallback(started.append) and None)
+        on_reactor(node.start)
+        on_reactor(node.join, "r", FakeMember("a"), outcomes.append)
+        time.sleep(0.3)
+        assert outcomes == [] and started == []
+        server.start()
+        assert wait_for(lambda: bool(outcomes)), "the join was never answered"
+        assert isinstance(outcomes[0], Joined), outcomes[0]
+        assert started == [None]
+        assert on_reactor(lambda: node.available)
+    finally:
+        on_reactor(node.stop)
+        server.stop()
+
+
+def test_joins_made_while_redis_is_unreachable_at_start_fail_after_the_bound(
+    tmp_path: Path,
+) -> None:
+    require_redis_rooms()
+    server = PrivateRedis(tmp_path)  # never started: nothing listens on its port
+    node = _unstarted_node(server.url(), reply_timeout=0.5)
+    started: list[object] = []
+    outcomes: list[Joined | JoinRefused] = []
+    try:
+        on_reactor(lambda: node.started().addCallback(started.append) and None)
+        begun = time.monotonic()
+        on_reactor(node.start)
+        on_reactor(node.join, "r", FakeMember("a"), outcomes.append)
+        assert wait_for(lambda: bool(outcomes)), "the join was never answered"
+        waited = time.monotonic() - begun
+        assert isinstance(outcomes[0], RoomsUnavailable), outcomes[0]
+        assert 0.4 < waited < 3.0, waited
+        assert started == [None]  # ready, degraded: local relays are served
+        # from then on, a join fails at once
+        begun = time.monotonic()
+        assert isinstance(join(RoomsOnReactor(node), "r", FakeMember("b")), RoomsUnavailable)
+        assert time.monotonic() - begun < 0.3
+    finally:
+        on_reactor(node.stop)

@@ -286,6 +286,14 @@ class RedisRooms:
         #: Clients decide how often joins and leaves fail (Redis out of
         #: memory, say): their failures are logged within a budget.
         self._log_budget = LogBudget(clock, LOG_FAILURES_PER_MINUTE, _log)
+        #: Until this node first registers (or ``reply_timeout`` after its
+        #: start, whichever is first), joins wait here rather than fail: a
+        #: process just started is not in an outage.
+        self._waiting: dict[str, tuple[str, Member, JoinDone]] = {}
+        self._start_wait = reply_timeout
+        self._start_call: DelayedCall | None = None
+        self._starting = True
+        self._started: list[Deferred[None]] = []
 
     # -- the Rooms boundary --------------------------------------------------------
 
@@ -295,7 +303,13 @@ class RedisRooms:
         if current is not None:
             done(AlreadyInRoom(current.room_id))
             return
+        if client_id in self._waiting:
+            done(AlreadyInRoom(self._waiting[client_id][0]))
+            return
         if not self.available:
+            if self._starting and not self._stopping:
+                self._waiting[client_id] = (room_id, member, done)
+                return
             done(RoomsUnavailable("the rooms' store cannot be reached; try again shortly"))
             return
         local = self._local[client_id] = _Local(member, room_id, done)
@@ -322,6 +336,9 @@ class RedisRooms:
         client_id = member.client_id
         local = self._local.pop(client_id, None)
         if local is None:
+            waiting = self._waiting.pop(client_id, None)
+            if waiting is not None:
+                waiting[2](RoomsUnavailable("left before the rooms' store was reached"))
             return
         known = self._known(local)
         view = self._forget(local)
@@ -397,7 +414,42 @@ class RedisRooms:
             "evictions": self.evictions,
         }
 
+    def started(self) -> Deferred[None]:
+        """Fires once this node is first registered in Redis, or
+        ``reply_timeout`` seconds after ``start`` if it cannot be (the node
+        then serves local relays, degraded, until Redis is reached)."""
+        if not self._starting:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._started.append(waiter)
+        return waiter
+
+    def _end_start(self) -> None:
+        """Joins that waited for the first registration go ahead (or fail)."""
+        if not self._starting:
+            return
+        self._starting = False
+        cancel(self._start_call)
+        self._start_call = None
+        if not self.available and not self._stopping:
+            _log.warn(
+                "Redis not reached {wait:g} s after start: joins fail with"
+                " 'unavailable' until it is",
+                wait=self._start_wait,
+            )
+        waiting, self._waiting = self._waiting, {}
+        for room_id, member, done in waiting.values():
+            self.join(room_id, member, done)
+        started, self._started = self._started, []
+        for waiter in started:
+            waiter.callback(None)
+
+    def _start_over(self) -> None:
+        self._start_call = None
+        self._end_start()
+
     def start(self) -> None:
+        self._start_call = self._clock.callLater(self._start_wait, self._start_over)
         self._client.start()
         self._subscriber.subscribe(self._inbox_channel, self._inbox).addErrback(lambda _: None)
         self._subscriber.start()
@@ -407,6 +459,7 @@ class RedisRooms:
         """Remove this node's members from Redis (the rooms hear
         ``leave-client``) and disconnect."""
         self._stopping = True
+        self._end_start()
         cancel(self._beat_call)
         cancel(self._reconcile_call)
         self._beat_call = self._reconcile_call = None
@@ -753,6 +806,8 @@ class RedisRooms:
         _log.warn("Rooms on other processes are unreachable until Redis is back")
 
     def _inbox_up(self) -> None:
+        if self.available:
+            self._end_start()
         # Events published while the subscription was down are lost.
         if self._registered and self._reconcile_call is None:
             self._reconcile_all()
@@ -839,6 +894,8 @@ class RedisRooms:
             )
         if lost:
             self._let_go([m.decode() for m in lost])
+        if self.available:
+            self._end_start()
         if first:
             # Compare the rooms with Redis once every live node has had its
             # chance to re-register (after Redis restarted empty, a member

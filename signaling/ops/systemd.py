@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 
 from signaling.logs import ServerLogger
 
@@ -43,15 +44,28 @@ def notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
 
 
 class SystemdNotifier(Service):
-    """Tells systemd READY=1 once the reactor runs, STOPPING=1 when stopping.
+    """Tells systemd READY=1 once the reactor runs (and ``before_ready`` has
+    fired), STOPPING=1 when stopping.
 
     Add it after the listening services: by the time it starts they listen
     (a failure to bind aborts start-up before).
     """
 
-    def __init__(self, reactor: Any, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        environ: Mapping[str, str] = os.environ,
+        before_ready: Callable[[], Deferred[None]] | None = None,
+    ) -> None:
         self._reactor = reactor
         self._environ = environ
+        self._before_ready = before_ready
+
+    def _running(self) -> None:
+        if self._before_ready is not None:
+            self._before_ready().addCallback(lambda _: self._ready())
+        else:
+            self._ready()
 
     def _ready(self) -> None:
         if self.running and notify("READY=1\nSTATUS=accepting connections", self._environ):
@@ -59,7 +73,7 @@ class SystemdNotifier(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._reactor.callWhenRunning(self._ready)
+        self._reactor.callWhenRunning(self._running)
 
     def stopService(self) -> None:
         super().stopService()

@@ -193,7 +193,7 @@ class Options(usage.Options):
             5.0,
             "With --redis: seconds to connect to Redis, and that a reply may be "
             "overdue before the connection is dropped and made again (what waited "
-            "fails with 'unavailable').",
+            "fails with 'unavailable'); joins made at start wait as long for Redis.",
             parse_seconds,
         ],
         [
@@ -585,10 +585,12 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     CertificateReloader(config.tls, interval, reactor, reactor).setServiceParent(top)
     if config.manhole is not None:
         manhole_service(config.manhole, Admin(factory).namespace()).setServiceParent(top)
+    # Ready once the shared rooms are reached (or have had their chance).
+    before_ready = rooms.started if rooms is not None else None
     if worker is not None:
-        WorkerLink(worker, reactor).setServiceParent(top)
+        WorkerLink(worker, reactor, before_ready=before_ready).setServiceParent(top)
     else:
-        SystemdNotifier(reactor).setServiceParent(top)
+        SystemdNotifier(reactor, before_ready=before_ready).setServiceParent(top)
     return top
 
 

@@ -225,7 +225,8 @@ class WorkerLink(Service):
     """A worker's side of the pipes to its supervisor.
 
     Once the reactor runs (every listener has adopted its socket by then)
-    it writes ``ready`` to the status descriptor; when its standard input
+    and ``before_ready`` has fired (the shared rooms are reached, say), it
+    writes ``ready`` to the status descriptor; when its standard input
     ends (the supervisor has gone, however it died) it stops the reactor,
     which shuts the worker down gracefully. SIGINT is ignored: a Ctrl-C in
     a terminal reaches every process of the group, and the supervisor
@@ -233,10 +234,17 @@ class WorkerLink(Service):
     for two signals and drop its clients at once.
     """
 
-    def __init__(self, role: WorkerRole, reactor: Any, stdin: int = 0) -> None:
+    def __init__(
+        self,
+        role: WorkerRole,
+        reactor: Any,
+        stdin: int = 0,
+        before_ready: Callable[[], Deferred[None]] | None = None,
+    ) -> None:
         self.role = role
         self._reactor = reactor
         self._stdin = stdin
+        self._before_ready = before_ready
 
     def startService(self) -> None:
         super().startService()
@@ -248,6 +256,14 @@ class WorkerLink(Service):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         self._reactor.addReader(_EndOfInput(self._stdin, self._supervisor_gone))
+        if self._before_ready is not None:
+            self._before_ready().addCallback(lambda _: self._ready())
+        else:
+            self._ready()
+
+    def _ready(self) -> None:
+        if not self.running:
+            return
         try:
             _write_all(self.role.status_fd, b"ready\n")
         except OSError:
