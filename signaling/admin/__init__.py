@@ -23,7 +23,7 @@ _log = ServerLogger()
 #: WebSocket close code for a client the operator kicked.
 KICKED = 4000
 #: WebSocket close code for the members of a room the operator closed.
-ROOM_CLOSED = 4001
+ROOM_CLOSED = 4002
 #: The longest close reason a close frame can carry, in UTF-8 bytes.
 MAX_CLOSE_REASON_BYTES = 123
 

@@ -57,6 +57,7 @@ from signaling.core.clock import Clock, DelayedCall, cancel
 from signaling.core.logbudget import LogBudget
 from signaling.core.rooms import (
     AlreadyInRoom,
+    Identity,
     JoinDone,
     Joined,
     JoinRefused,
@@ -297,7 +298,14 @@ class RedisRooms:
 
     # -- the Rooms boundary --------------------------------------------------------
 
-    def join(self, room_id: str, member: Member, done: JoinDone) -> None:
+    def join(
+        self,
+        room_id: str,
+        member: Member,
+        done: JoinDone,
+        identity: Identity | None = None,
+        max_room_size: int = 0,
+    ) -> None:
         client_id = member.client_id
         current = self._local.get(client_id)
         if current is not None:

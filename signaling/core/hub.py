@@ -4,8 +4,10 @@ health and shutdown read."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from signaling.core.access import Gate
 from signaling.core.clock import Clock
 from signaling.core.limits import Limits
 from signaling.core.logbudget import EventLog, LogBudget, NullLog
@@ -58,6 +60,10 @@ class Hub:
         #: /healthz's status while the rooms are degraded (200, or 503 for
         #: load balancers to send new clients elsewhere).
         self.degraded_status = 200
+        #: Decides on joins (room tokens, a webhook); None lets every join in.
+        self.gate: Gate | None = None
+        #: The ICE servers of a client (by id) for ``joined``; None sends none.
+        self.ice_servers: Callable[[str], Sequence[Mapping[str, Any]]] | None = None
         #: Bounds the log lines that clients can cause.
         self.log_budget = LogBudget(
             clock, limits.client_log_rate, budget_log if budget_log is not None else self.log

@@ -8,6 +8,7 @@ stable error code.  Nothing here knows about sockets or Twisted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ TOO_MANY_ROOMS = "too_many_rooms"
 RATE_LIMITED = "rate_limited"
 JOIN_TIMEOUT = "join_timeout"
 UNAVAILABLE = "unavailable"
+UNAUTHORIZED = "unauthorized"
 
 ERROR_CODES = frozenset(
     {
@@ -43,6 +45,7 @@ ERROR_CODES = frozenset(
         RATE_LIMITED,
         JOIN_TIMEOUT,
         UNAVAILABLE,
+        UNAUTHORIZED,
     }
 )
 
@@ -71,9 +74,12 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Join:
-    """``join {room_id}``: enter a room, creating it if needed."""
+    """``join {room_id, token?, metadata?}``: enter a room, creating it if
+    needed. ``token`` and ``metadata`` are for the server's access control."""
 
     room_id: str
+    token: str | None = None
+    metadata: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +165,21 @@ def parse(data: bytes | str, max_room_id_length: int = DEFAULT_MAX_ROOM_ID_LENGT
                 f'"payload.room_id" is longer than {max_room_id_length} characters',
                 kind,
             )
-        return Join(room_id)
+        token = payload.get("token")
+        if token is not None and type(token) is not str:
+            raise ProtocolError(INVALID_MESSAGE, '"payload.token" must be a string', kind)
+        metadata = payload.get("metadata")
+        if token is None and metadata is None:
+            return Join(room_id)
+        if (type(metadata) is dict or type(metadata) is list) and not _shallow(
+            metadata, MAX_CANDIDATE_DEPTH
+        ):
+            raise ProtocolError(
+                INVALID_MESSAGE,
+                f'"payload.metadata" nests deeper than {MAX_CANDIDATE_DEPTH} levels',
+                kind,
+            )
+        return Join(room_id, token, metadata)
 
     if kind == "leave":
         if payload is not None and type(payload) is not dict:
@@ -189,7 +209,10 @@ def notify_client_id(client_id: str) -> bytes:
     return encode("notify-client-id", {"client_id": client_id})
 
 
-def new_client(client_id: str) -> bytes:
+def new_client(client_id: str, identity: Mapping[str, Any] | None = None) -> bytes:
+    """A member joined; ``identity`` (sub, name, metadata) beside its id."""
+    if identity:
+        return encode("new-client", {"client_id": client_id, **identity})
     return encode("new-client", {"client_id": client_id})
 
 
@@ -197,8 +220,24 @@ def leave_client(client_id: str) -> bytes:
     return encode("leave-client", {"client_id": client_id})
 
 
-def joined(room_id: str, clients: list[str]) -> bytes:
-    return encode("joined", {"room_id": room_id, "clients": clients})
+def joined(
+    room_id: str,
+    clients: list[str],
+    identities: Mapping[str, Mapping[str, Any]] | None = None,
+    ice_servers: Sequence[Mapping[str, Any]] | None = None,
+) -> bytes:
+    """The answer to a join: the members there before (``clients``, ids in
+    join order). With ``identities`` (access control on), ``members`` lists
+    them again with their identity fields; ``ice_servers`` is for the
+    client's ``RTCPeerConnection``."""
+    payload: dict[str, Any] = {"room_id": room_id, "clients": clients}
+    if identities is not None:
+        payload["members"] = [
+            {"client_id": client_id, **identities.get(client_id, {})} for client_id in clients
+        ]
+    if ice_servers is not None:
+        payload["ice_servers"] = ice_servers
+    return encode("joined", payload)
 
 
 def relayed(kind: str, sender: str, body: Any) -> bytes:

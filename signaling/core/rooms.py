@@ -21,12 +21,15 @@ process holds), so an implementation may keep members on other processes:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from signaling.core import messages
 from signaling.core.messages import ALREADY_IN_ROOM, ROOM_FULL, TOO_MANY_ROOMS, UNAVAILABLE
+
+#: Fields shown to the other members beside a member's id (sub, name, metadata).
+Identity = Mapping[str, Any]
 
 
 class Member(Protocol):
@@ -63,10 +66,12 @@ class Room(Protocol):
 @dataclass(frozen=True, slots=True)
 class Joined:
     """A completed join: the room, and the ids of the members that were
-    there before, in the order they joined."""
+    there before, in the order they joined; ``identities`` maps those of
+    them that joined with an identity to it."""
 
     room: Room
     existing: list[str]
+    identities: Mapping[str, Identity] = field(default_factory=dict)
 
 
 class JoinRefused(Exception):
@@ -144,10 +149,19 @@ class Rooms(Protocol):
     Members must not join or leave from inside ``deliver``.
     """
 
-    def join(self, room_id: str, member: Member, done: JoinDone) -> None:
+    def join(
+        self,
+        room_id: str,
+        member: Member,
+        done: JoinDone,
+        identity: Identity | None = None,
+        max_room_size: int = 0,
+    ) -> None:
         """Put ``member`` in ``room_id``, tell the members already there
-        (``new-client``), and call ``done`` once, now or later; deliver
-        nothing to ``member`` before that."""
+        (``new-client``, with ``identity``), and call ``done`` once, now or
+        later; deliver nothing to ``member`` before that. ``max_room_size``:
+        refuse if the room has that many members already (0: only the
+        rooms' own bound)."""
 
     def leave(self, member: Member) -> None:
         """Take ``member`` out of its room and tell the rest
@@ -220,32 +234,51 @@ class LocalRooms:
         self.max_rooms = max_rooms
         self._rooms: dict[str, LocalRoom] = {}
         self._room_of: dict[str, LocalRoom] = {}
+        #: The identities members joined with (only those that had one).
+        self._identities: dict[str, Identity] = {}
 
-    def join(self, room_id: str, member: Member, done: JoinDone) -> None:
+    def join(
+        self,
+        room_id: str,
+        member: Member,
+        done: JoinDone,
+        identity: Identity | None = None,
+        max_room_size: int = 0,
+    ) -> None:
         try:
-            room, existing = self._add(room_id, member)
+            room, existing = self._add(room_id, member, max_room_size)
         except JoinRefused as refused:
             done(refused)
             return
+        identities = self._identities
+        if identity:
+            identities[member.client_id] = identity
         if existing:
-            notice = messages.new_client(member.client_id)
+            notice = messages.new_client(member.client_id, identity)
             for other_id in existing:
                 room.members[other_id].deliver(notice)
-        done(Joined(room, existing))
+        if identities:
+            known = {i: identities[i] for i in existing if i in identities}
+            done(Joined(room, existing, known))
+        else:
+            done(Joined(room, existing))
 
-    def _add(self, room_id: str, member: Member) -> tuple[LocalRoom, list[str]]:
+    def _add(
+        self, room_id: str, member: Member, max_room_size: int = 0
+    ) -> tuple[LocalRoom, list[str]]:
         """The membership change alone: no frame is delivered."""
         client_id = member.client_id
         current = self._room_of.get(client_id)
         if current is not None:
             raise AlreadyInRoom(current.room_id)
         room = self._rooms.get(room_id)
+        limit = tighter(self.max_room_size, max_room_size)
         if room is None:
             if self.max_rooms and len(self._rooms) >= self.max_rooms:
                 raise TooManyRooms(self.max_rooms)
             room = self._rooms[room_id] = LocalRoom(room_id)
-        elif self.max_room_size and len(room.members) >= self.max_room_size:
-            raise RoomFull(self.max_room_size)
+        elif limit and len(room.members) >= limit:
+            raise RoomFull(limit)
         existing = list(room.members)
         room.members[client_id] = member
         self._room_of[client_id] = room
@@ -257,6 +290,8 @@ class LocalRooms:
         if room is None:
             return
         del room.members[client_id]
+        if self._identities:
+            self._identities.pop(client_id, None)
         if room.members:
             room.broadcast(messages.leave_client(client_id))
         elif self._rooms.get(room.room_id) is room:
@@ -284,3 +319,12 @@ class LocalRooms:
 
     def counters(self) -> dict[str, int]:
         return {}
+
+
+def tighter(one: int, other: int) -> int:
+    """The smaller of two bounds where 0 means none."""
+    if not one:
+        return other
+    if not other:
+        return one
+    return min(one, other)

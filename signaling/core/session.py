@@ -31,6 +31,7 @@ from time import perf_counter
 from typing import Any, Protocol
 
 from signaling.core import messages
+from signaling.core.access import CLOSE_UNAUTHORIZED, Grant, JoinRequest, Unauthorized
 from signaling.core.clock import DelayedCall, cancel
 from signaling.core.hub import Hub
 from signaling.core.limits import RateLimiter
@@ -99,6 +100,7 @@ class Session:
     """One client, from its connection's opening to its end."""
 
     __slots__ = (
+        "_granted",
         "_join_timer",
         "_leaves_when_joined",
         "_limiter",
@@ -112,11 +114,18 @@ class Session:
         "messages_out",
         "room",
         "state",
+        "url_token",
         "wire",
     )
 
     def __init__(
-        self, hub: Hub, wire: Wire, client_id: str, address: str, limit_key: str | None
+        self,
+        hub: Hub,
+        wire: Wire,
+        client_id: str,
+        address: str,
+        limit_key: str | None,
+        url_token: str | None = None,
     ) -> None:
         self.hub = hub
         self.wire = wire
@@ -139,6 +148,10 @@ class Session:
         self._join_timer: DelayedCall | None = None
         #: Leaves received while joining, answered once the join is.
         self._leaves_when_joined = 0
+        #: ``?token=`` of the connect URL (a join's own token comes first).
+        self.url_token = url_token
+        #: The room and grant of a join the gate let through, until it ends.
+        self._granted: tuple[str, Grant] | None = None
 
     # -- life ------------------------------------------------------------------
 
@@ -300,7 +313,46 @@ class Session:
             )
             return
         self.state = JOINING
-        self.hub.rooms.join(message.room_id, self, self._joined)
+        hub = self.hub
+        gate = hub.gate
+        if gate is None:
+            hub.rooms.join(message.room_id, self, self._joined)
+            return
+        room_id = message.room_id
+        request = JoinRequest(
+            room_id,
+            self.client_id,
+            self.address,
+            message.token if message.token is not None else self.url_token,
+            message.metadata,
+        )
+        gate.check(request, lambda outcome: self._authorized(room_id, outcome))
+
+    def _authorized(self, room_id: str, outcome: Grant | JoinRefused) -> None:
+        """The gate's answer to this session's join (now, or later)."""
+        if self.state is not JOINING:
+            if isinstance(outcome, Grant):  # closed meanwhile: the join ends here
+                self.hub.gate.left(room_id, self.client_id)  # type: ignore[union-attr]
+            return
+        if isinstance(outcome, JoinRefused):
+            self._refused(outcome)
+            return
+        self._granted = (room_id, outcome)
+        self.hub.rooms.join(
+            room_id,
+            self,
+            self._joined,
+            identity=outcome.identity or None,
+            max_room_size=outcome.max_room_size,
+        )
+
+    def _refused(self, refusal: JoinRefused) -> None:
+        self.state = LOBBY
+        self.send_error(refusal.code, refusal.text, "join", **refusal.details)
+        if isinstance(refusal, Unauthorized):
+            self.wire.close(CLOSE_UNAUTHORIZED, "unauthorized")
+            return
+        self._answer_leaves()
 
     def _joined(self, outcome: Joined | JoinRefused) -> None:
         """The rooms' answer to this session's join (now, or later)."""
@@ -308,24 +360,46 @@ class Session:
             # Closed while the join was pending: undo it, if it happened.
             if isinstance(outcome, Joined):
                 self.hub.rooms.leave(self)
+            self._end_grant()
             return
         if isinstance(outcome, JoinRefused):
-            self.state = LOBBY
-            self.send_error(outcome.code, outcome.text, "join", **outcome.details)
-            self._answer_leaves()
+            self._end_grant()
+            self._refused(outcome)
             return
         room = outcome.room
         self.room = room
         self.state = IN_ROOM
         self._cancel_join_timer()
-        self.hub.log.debug(
+        hub = self.hub
+        hub.log.debug(
             "join {client_id} room={room_id!r} members={members}",
             client_id=self.client_id,
             room_id=room.room_id,
             members=len(room),
         )
-        self.deliver(messages.joined(room.room_id, outcome.existing))
+        granted = self._granted
+        if granted is None and hub.ice_servers is None:
+            self.deliver(messages.joined(room.room_id, outcome.existing))
+        else:
+            ice_servers = granted[1].ice_servers if granted is not None else None
+            if ice_servers is None and hub.ice_servers is not None:
+                ice_servers = hub.ice_servers(self.client_id)
+            self.deliver(
+                messages.joined(
+                    room.room_id,
+                    outcome.existing,
+                    outcome.identities if hub.gate is not None else None,
+                    ice_servers,
+                )
+            )
         self._answer_leaves()
+
+    def _end_grant(self) -> None:
+        """The join the gate let through is over (left, closed, or refused
+        by the rooms after all): the gate hears of it once."""
+        granted, self._granted = self._granted, None
+        if granted is not None and self.hub.gate is not None:
+            self.hub.gate.left(granted[0], self.client_id)
 
     def _answer_leaves(self) -> None:
         """Handle the leaves received while joining, now that it is over."""
@@ -350,6 +424,8 @@ class Session:
         room = self.room
         self.room = None
         self.hub.rooms.leave(self)
+        if room is not None and self._granted is not None:
+            self._end_grant()
         if room is not None:
             self.hub.log.debug(
                 "leave {client_id} room={room_id!r} remaining={remaining}",

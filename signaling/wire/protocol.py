@@ -128,6 +128,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     _write = compat.write_frame
     _accepted_at = 0.0
     _greeting = b""
+    #: ``?token=`` of the connect URL, for the session (then dropped).
+    _url_token: str | None = None
     _handshake_deadline: IDelayedCall | None = None
 
     @property
@@ -370,6 +372,10 @@ class SignalingProtocol(WebSocketServerProtocol):
         elif "x-forwarded-for" in headers or "forwarded" in headers:
             factory.untrusted_forwarding()
         hub = factory.hub
+        if hub.gate is not None:
+            tokens = request.params.get("token")
+            if tokens:
+                self._url_token = tokens[0]
         if hub.draining:
             self._refuse(503, "server is shutting down")
         if not hub.origins.allows(request.headers.get("origin")):
@@ -386,8 +392,9 @@ class SignalingProtocol(WebSocketServerProtocol):
         factory = self.factory
         factory.admission.release(cast(ITransport, self.transport))
         self.session = session = Session(
-            factory.hub, self, new_client_id(), self.peer or "", self.limit_key
+            factory.hub, self, new_client_id(), self.peer or "", self.limit_key, self._url_token
         )
+        self._url_token = None
         limits = factory.limits
         # Be the transport's producer, so pauseProducing tells us the client
         # lags (in place of twisted.web's channel, after a keep-alive upgrade).
