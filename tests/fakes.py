@@ -7,7 +7,15 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from signaling.core.rooms import JoinDone, Joined, JoinRefused, LocalRoom, LocalRooms, Member
+from signaling.core.rooms import (
+    Identity,
+    JoinDone,
+    Joined,
+    JoinRefused,
+    LocalRoom,
+    LocalRooms,
+    Member,
+)
 
 if TYPE_CHECKING:
     from signaling.core.session import Session
@@ -99,17 +107,27 @@ class HeldRooms:
     def __init__(self, max_room_size: int = 0, max_rooms: int = 0) -> None:
         self.local = LocalRooms(max_room_size=max_room_size, max_rooms=max_rooms)
         self.pending: list[tuple[str, Member, JoinDone]] = []
+        #: The identity and max_room_size of each held join, by client id.
+        self.options: dict[str, dict[str, Any]] = {}
         #: The client id of every ``leave`` call, in order.
         self.left: list[str] = []
 
-    def join(self, room_id: str, member: Member, done: JoinDone) -> None:
+    def join(
+        self,
+        room_id: str,
+        member: Member,
+        done: JoinDone,
+        identity: Identity | None = None,
+        max_room_size: int = 0,
+    ) -> None:
         self.pending.append((room_id, member, done))
+        self.options[member.client_id] = {"identity": identity, "max_room_size": max_room_size}
 
     def release(self, index: int = 0) -> Joined | JoinRefused:
         """Complete the ``index``-th held join as LocalRooms decides."""
         room_id, member, done = self.pending.pop(index)
         outcomes: list[Joined | JoinRefused] = []
-        self.local.join(room_id, member, outcomes.append)
+        self.local.join(room_id, member, outcomes.append, **self.options.pop(member.client_id, {}))
         [outcome] = outcomes
         done(outcome)
         return outcome
