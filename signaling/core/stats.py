@@ -43,6 +43,8 @@ class Stats:
         self.refused_handshakes: Counter[int] = Counter()
         #: Requests with X-Forwarded-For or Forwarded while --trust-proxy is 0.
         self.untrusted_forwarded = 0
+        #: Webhook calls that gave no usable answer, by (webhook, reason).
+        self.webhook_failures: Counter[tuple[str, str]] = Counter()
         # one count per bucket plus +Inf, not cumulative
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import quoteStringArgument
@@ -23,6 +24,7 @@ from signaling.admin.manhole import (
     manhole_config,
     manhole_service,
 )
+from signaling.core.access import Gates
 from signaling.core.limits import (
     Limits,
     limit_options,
@@ -76,6 +78,15 @@ def check_workers_share_rooms(options: Mapping[str, Any]) -> None:
         raise usage.UsageError(
             f"--workers {options['workers']} needs --redis: the workers share rooms "
             "through Redis, or clients of one room would land in different rooms"
+        )
+
+
+def check_webhook_url(option: str, url: str) -> None:
+    """UsageError unless ``url`` is an http or https URL with a host."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise usage.UsageError(
+            f"--{option} {url!r} is not an http:// or https:// URL, e.g. http://127.0.0.1:8000/auth"
         )
 
 
@@ -213,6 +224,36 @@ class Options(usage.Options):
             "refreshing its liveness key is declared dead and its clients are "
             "removed from their rooms (it refreshes every fifth of this).",
             parse_seconds,
+        ],
+        [
+            "auth-webhook",
+            None,
+            None,
+            "POST each join as JSON to this http(s) URL and let it in only if the "
+            "reply says allowed (see README, Securing a deployment).",
+        ],
+        [
+            "disconnect-webhook",
+            None,
+            None,
+            "POST each leave (and closed connection) of a room member as JSON to this "
+            "http(s) URL, without waiting for the answer.",
+        ],
+        [
+            "webhook-timeout",
+            None,
+            5.0,
+            "Seconds a webhook may take to answer; a join whose auth call takes "
+            "longer gets 'unavailable'.",
+            parse_seconds,
+        ],
+        [
+            "webhook-max-pending",
+            None,
+            1000,
+            "Auth calls in flight beyond which joins get 'unavailable' at once, and "
+            "leave notices in flight beyond which they are dropped.",
+            parse_positive_int,
         ],
         [
             "workers",
@@ -363,6 +404,11 @@ class Options(usage.Options):
             raise usage.UsageError("--degraded-503 needs --redis")
         if self["redis"] is not None and not (self["node-timeout"] and self["redis-timeout"]):
             raise usage.UsageError("--node-timeout and --redis-timeout must be above 0")
+        for option in ("auth-webhook", "disconnect-webhook"):
+            if self[option] is not None:
+                check_webhook_url(option, self[option])
+        if not self["webhook-timeout"]:
+            raise usage.UsageError("--webhook-timeout must be above 0")
         if self["tls-ciphers"] is not None:
             try:
                 check_ciphers(self["tls-ciphers"])
@@ -500,6 +546,29 @@ def _shared_rooms(config: Options, reactor: Any) -> tuple[Any, Any]:
     return rooms, RedisRoomsService(rooms)
 
 
+def _gates(config: Options, factory: SignalingFactory, reactor: Any) -> list[Any]:
+    """The access gates the options ask for, in the order a join passes them."""
+    gates: list[Any] = []
+    if config["auth-webhook"] or config["disconnect-webhook"]:
+        # Imported only here: a server without webhooks does not load treq.
+        from signaling.access.webhook import WebhookGate
+
+        hub = factory.hub
+        gates.append(
+            WebhookGate(
+                reactor,
+                auth_url=config["auth-webhook"],
+                disconnect_url=config["disconnect-webhook"],
+                timeout=config["webhook-timeout"],
+                max_pending=config["webhook-max-pending"],
+                stats=hub.stats,
+                log=_log,
+                log_budget=hub.log_budget,
+            )
+        )
+    return gates
+
+
 def makeService(config: Options, reactor: Any = None) -> MultiService:
     """Build the signaling service from parsed options."""
     if reactor is None:
@@ -537,6 +606,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         clock=reactor, limits=config.limits, rooms=rooms, trust_proxy=config["trust-proxy"]
     )
     factory.hub.degraded_status = 503 if config["degraded-503"] else 200
+    gates = _gates(config, factory, reactor)
+    if gates:
+        factory.hub.gate = gates[0] if len(gates) == 1 else Gates(gates)
     factory.fast_paths = compat.check()
     if config["hide-version"]:
         factory.hide_versions()

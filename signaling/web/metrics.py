@@ -84,6 +84,15 @@ class SignalingCollector(Collector):
             "(the header was ignored).",
             stats.untrusted_forwarded,
         )
+        failures = CounterMetricFamily(
+            "signaling_webhook_failures",
+            "Webhook calls that gave no usable answer (auth: the join got 'unavailable'; "
+            "disconnect: the notice is lost), by webhook and reason.",
+            labels=["webhook", "reason"],
+        )
+        for (webhook, reason), count in sorted(stats.webhook_failures.items()):
+            failures.add_metric([webhook, reason], count)
+        yield failures
         yield CounterMetricFamily(
             "signaling_received_bytes", "Message payload bytes received.", stats.bytes_in
         )
