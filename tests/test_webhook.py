@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -260,6 +262,24 @@ def test_the_disconnect_webhook_hears_of_leaves_and_closed_connections(
         {"room_id": "r", "client_id": b.id, "event": "left"},
     ]
     assert hook.bodies("/auth") == []  # no auth webhook: joins are let in
+
+
+def test_sigterm_waits_for_the_leave_notices_of_the_clients_it_closes(
+    run_twistd: Any, hook: Hook, client: Callable[..., Client]
+) -> None:
+    hook.answer = answering(left=(200, HANG))
+    server = run_twistd(
+        "--port", "0", "--disconnect-webhook", hook.url("/left"), "--webhook-timeout", "20"
+    )  # fmt: skip
+    a = client(server.port)
+    assert a.join("r") == []
+    server.signal(signal.SIGTERM)
+    assert wait_for(lambda: len(hook.bodies("/left")) == 1)
+    time.sleep(0.5)
+    assert server.alive()  # the notice is still on its way
+    on_reactor(lambda: [request.finish() for request in hook.hanging])
+    assert server.wait_exit() == 0
+    assert hook.bodies("/left") == [{"room_id": "r", "client_id": a.id, "event": "left"}]
 
 
 # -- the gate itself -----------------------------------------------------------------

@@ -165,6 +165,8 @@ class WebhookGate:
         #: Auth calls and leave notices in flight.
         self.pending_auth = 0
         self.pending_notices = 0
+        #: Fired when no leave notice is in flight (``close`` waits for them).
+        self._quiet: list[Deferred[None]] = []
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
         self.pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
@@ -219,6 +221,10 @@ class WebhookGate:
 
         def finished(result: object) -> object:
             self.pending_notices -= 1
+            if not self.pending_notices:
+                quiet, self._quiet = self._quiet, []
+                for waiter in quiet:
+                    waiter.callback(None)
             return result
 
         d.addBoth(finished)
@@ -347,5 +353,10 @@ class WebhookGate:
         )
 
     def close(self) -> Deferred[None]:
-        """Close the idle connections (at shutdown)."""
-        return self.pool.closeCachedConnections()
+        """At shutdown: let the leave notices in flight finish (each within
+        the timeout), then close the idle connections."""
+        if not self.pending_notices:
+            return self.pool.closeCachedConnections()
+        quiet: Deferred[None] = Deferred()
+        self._quiet.append(quiet)
+        return quiet.addCallback(lambda _: self.pool.closeCachedConnections())

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 from txaio import tx as txaio_twisted
@@ -546,6 +547,18 @@ def _shared_rooms(config: Options, reactor: Any) -> tuple[Any, Any]:
     return rooms, RedisRoomsService(rooms)
 
 
+class GatesService(Service):
+    """Closes the gates that hold connections (a webhook's) at shutdown."""
+
+    def __init__(self, gates: list[Any]) -> None:
+        self.gates = gates
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        closing = [gate.close() for gate in self.gates if hasattr(gate, "close")]
+        return DeferredList(closing)
+
+
 def _gates(config: Options, factory: SignalingFactory, reactor: Any) -> list[Any]:
     """The access gates the options ask for, in the order a join passes them."""
     gates: list[Any] = []
@@ -609,6 +622,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     gates = _gates(config, factory, reactor)
     if gates:
         factory.hub.gate = gates[0] if len(gates) == 1 else Gates(gates)
+        # In before the drain, so out after it: the leaves of the clients it
+        # closes are told before the gates let go of their connections.
+        GatesService(gates).setServiceParent(top)
     factory.fast_paths = compat.check()
     if config["hide-version"]:
         factory.hide_versions()
