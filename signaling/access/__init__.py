@@ -1,0 +1,1 @@
+"""Implementations of the access gates (signaling.core.access)."""
