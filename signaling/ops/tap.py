@@ -17,6 +17,7 @@ from twisted.python import usage
 from txaio import tx as txaio_twisted
 
 from signaling import __version__
+from signaling.access.ice import DEFAULT_TURN_TTL, IceServers, check_url, read_secret
 from signaling.admin import ROOM_CLOSED, Admin
 from signaling.admin.manhole import (
     DEFAULT_AUTH_TIMEOUT,
@@ -298,6 +299,21 @@ class Options(usage.Options):
             "Seconds an admin console connection may take to log in before it is closed.",
             parse_seconds,
         ],
+        [
+            "turn-secret",
+            None,
+            None,
+            "File holding the secret shared with the TURN server (coturn's "
+            "static-auth-secret), for --turn credentials; needed with --turn.",
+        ],
+        [
+            "turn-ttl",
+            None,
+            None,
+            "Seconds the TURN credentials a client gets in joined stay valid "
+            f"[default: {DEFAULT_TURN_TTL}].",
+            parse_positive_int,
+        ],
     ]
 
     optFlags = [
@@ -336,12 +352,16 @@ class Options(usage.Options):
     worker: WorkerRole | None = None
     #: The arguments after ``signaling``, which a worker gets too.
     argv: list[str]
+    #: The contents of --turn-secret, if given.
+    turn_secret: bytes | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self["allowed-origin"] = []
         self["listen"] = []
         self["listen-tls"] = []
+        self["stun"] = []
+        self["turn"] = []
 
     def opt_listen(self, description: str) -> None:
         """Serve ws on this Twisted endpoint (tcp6:5000, tcp:5000:interface=127.0.0.1,
@@ -352,6 +372,25 @@ class Options(usage.Options):
     def opt_listen_tls(self, description: str) -> None:
         """Serve wss on this endpoint with --tls-cert/--tls-key; repeatable."""
         self["listen-tls"].append(description)
+
+    def opt_stun(self, url: str) -> None:
+        """A STUN server for clients' ICE (stun:HOST[:PORT] or stuns:...), sent
+        in joined as ice_servers; repeatable."""
+        try:
+            check_url("stun", url)
+        except ValueError as e:
+            raise usage.UsageError(f"--stun: {e}") from None
+        self["stun"].append(url)
+
+    def opt_turn(self, url: str) -> None:
+        """A TURN server for clients' ICE (turn:HOST[:PORT][?transport=udp|tcp]
+        or turns:...), sent in joined with credentials from --turn-secret;
+        repeatable."""
+        try:
+            check_url("turn", url)
+        except ValueError as e:
+            raise usage.UsageError(f"--turn: {e}") from None
+        self["turn"].append(url)
 
     def opt_addr(self, value: str) -> None:
         """Alias of --interface."""
@@ -392,6 +431,7 @@ class Options(usage.Options):
         if self["ping-interval"] and not self["ping-timeout"]:
             raise usage.UsageError("--ping-timeout must be above 0 when pings are on")
         self._check_workers()
+        self._check_ice_servers()
         self.manhole = manhole_config(
             self["manhole"],
             self["manhole-keys"],
@@ -436,6 +476,25 @@ class Options(usage.Options):
                 )
             except TLSConfigError as e:
                 raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
+
+    def _check_ice_servers(self) -> None:
+        """--turn, --turn-secret and --turn-ttl come together; read the secret."""
+        if self["turn"] and self["turn-secret"] is None:
+            raise usage.UsageError(
+                "--turn needs --turn-secret FILE: the secret shared with the TURN server "
+                "(coturn's static-auth-secret), from which each client's credentials are made"
+            )
+        if not self["turn"]:
+            for option in ("turn-secret", "turn-ttl"):
+                if self[option] is not None:
+                    raise usage.UsageError(
+                        f"--{option} needs --turn URL: the TURN server the credentials are for"
+                    )
+            return
+        try:
+            self.turn_secret = read_secret(self["turn-secret"])
+        except ValueError as e:
+            raise usage.UsageError(f"--turn-secret: {e}") from None
 
     def _check_workers(self) -> None:
         """Refuse what ``--workers`` above 1 cannot do; note whether this
@@ -625,6 +684,23 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         # In before the drain, so out after it: the leaves of the clients it
         # closes are told before the gates let go of their connections.
         GatesService(gates).setServiceParent(top)
+    if config["stun"] or config["turn"]:
+        factory.hub.ice_servers = IceServers(
+            reactor.seconds,
+            config["stun"],
+            config["turn"],
+            config.turn_secret,
+            config["turn-ttl"] or DEFAULT_TURN_TTL,
+        )
+        _log.info(
+            "clients get ICE servers in joined: {urls}{credentials}",
+            urls=", ".join(config["stun"] + config["turn"]),
+            credentials=(
+                f" (TURN credentials valid {config['turn-ttl'] or DEFAULT_TURN_TTL} s)"
+                if config["turn"]
+                else ""
+            ),
+        )
     factory.fast_paths = compat.check()
     if config["hide-version"]:
         factory.hide_versions()

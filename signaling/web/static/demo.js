@@ -1,6 +1,8 @@
 // The demo video room: camera preview, one tile per remote peer, controls.
 // Room from the URL (?room=abc or #abc), else a new random one.
 // ?trickle=0 sends candidates inside the SDP instead of trickling them.
+// ?token=T is passed on to the server as /connect?token=T (a room token).
+// ICE servers: the ones the server sends in `joined`, if any.
 
 import { SignalingClient, connectUrl } from "./signaling-client.js";
 
@@ -161,7 +163,8 @@ async function main() {
   };
 
   const stream = await openCamera();
-  const client = new SignalingClient(connectUrl(), {
+  const url = connectUrl(location.href, { token: params.get("token") });
+  const client = new SignalingClient(url, {
     room,
     stream,
     trickle: params.get("trickle") !== "0",

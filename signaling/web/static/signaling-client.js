@@ -6,22 +6,42 @@
 // track changes) uses "perfect negotiation": of any two peers the newcomer is
 // the polite one, so simultaneous offers resolve without deadlock.
 //
+// ICE servers: every RTCPeerConnection is made with `rtcConfig`, which is,
+// in order of precedence:
+//   1. the app's `options.rtcConfig`, as given, when it has `iceServers`;
+//   2. else the app's `options.rtcConfig` (if any) with the `ice_servers` of
+//      the server's last `joined` as `iceServers` (STUN, and TURN with
+//      credentials made for this client; a server may take them from its
+//      auth webhook instead of its own options);
+//   3. else no ICE servers (`iceServers: []`), as with a server that sends
+//      none.
+// So an app that names its own ICE servers keeps them, one that names none
+// gets the server's, and a server without ICE options changes nothing.
+// Connections made before a `joined` keep the configuration they were made
+// with.
+//
 // No dependencies and no build step: import it as an ES module.
 
 const KINDS = ["audio", "video"];
+// The server closes with this after an `unauthorized` error.
+const CLOSE_UNAUTHORIZED = 4001;
 
 /**
  * Events (all CustomEvent, data in `event.detail`):
  * - `open` {id}: connected; `id` is this client's id until the next reconnect.
- * - `joined` {room, peers}: in the room; `peers` were there before us.
+ * - `joined` {room, peers}: in the room; `peers` were there before us
+ *   (`serverIceServers` now holds the ICE servers the server sent).
  * - `peer-joined` {id}, `peer-left` {id}: a member appeared or is gone.
  * - `stream` {id, stream, track}: a remote track arrived; `stream` is the
  *   same MediaStream for every track of that peer.
  * - `peer-state` {id, state}: the RTCPeerConnection's connectionState.
  * - `disconnected` {code, reason, retryIn}: the socket closed; a reconnect
- *   follows after `retryIn` ms (null when it will not).
+ *   follows after `retryIn` ms (null when it will not: after close(), with
+ *   `reconnect: false`, or after the server closed with 4001, unauthorized,
+ *   since the same token would be refused again).
  * - `error` {code, message, ...}: a server `error` payload, or a client-side
- *   problem (`server_unreachable`, `negotiation_failed`, `bad_message`).
+ *   problem (`server_unreachable`, `negotiation_failed`, `bad_message`,
+ *   `bad_ice_servers`).
  * - `closed`: close() finished; nothing more happens.
  */
 export class SignalingClient extends EventTarget {
@@ -30,7 +50,9 @@ export class SignalingClient extends EventTarget {
    * @param {object} [options]
    * @param {string} [options.room]  Room to join as soon as connected.
    * @param {MediaStream} [options.stream]  Local media sent to every peer.
-   * @param {RTCConfiguration} [options.rtcConfig]  ICE servers etc.
+   * @param {RTCConfiguration} [options.rtcConfig]  For every peer
+   *   connection; with `iceServers` it overrides the server's ICE servers
+   *   (see the top of this file).
    * @param {boolean} [options.trickle=true]  Send candidates as they are
    *   found; false waits for gathering to finish and sends them in the SDP.
    * @param {number} [options.gatherTimeout=5000]  Non-trickle: longest wait
@@ -44,7 +66,8 @@ export class SignalingClient extends EventTarget {
     super();
     this.url = url;
     this.stream = options.stream ?? null;
-    this.rtcConfig = options.rtcConfig ?? { iceServers: [] };
+    this._appConfig = options.rtcConfig ?? null;
+    this._serverIceServers = null;
     this.trickle = options.trickle ?? true;
     this.gatherTimeout = options.gatherTimeout ?? 5000;
     this.reconnect = options.reconnect ?? true;
@@ -68,6 +91,26 @@ export class SignalingClient extends EventTarget {
   /** The room joined (or to be joined on connect), else null. */
   get room() {
     return this._room;
+  }
+
+  /**
+   * The RTCConfiguration new peer connections get: the app's `rtcConfig`
+   * if it has `iceServers`, else it (or nothing) with the server's ICE
+   * servers, else no ICE servers. Setting it sets the app's configuration.
+   */
+  get rtcConfig() {
+    const app = this._appConfig ?? {};
+    if (app.iceServers !== undefined) return app;
+    return { ...app, iceServers: this._serverIceServers ?? [] };
+  }
+
+  set rtcConfig(config) {
+    this._appConfig = config ?? null;
+  }
+
+  /** The ICE servers of the server's last `joined` (null: it sent none). */
+  get serverIceServers() {
+    return this._serverIceServers;
   }
 
   /** A new Map of peer id to its RTCPeerConnection. */
@@ -156,7 +199,7 @@ export class SignalingClient extends EventTarget {
     this._dropPeers(); // the server tells the others we left
     if (this._closed) return;
     let retryIn = null;
-    if (this.reconnect) {
+    if (this.reconnect && event.code !== CLOSE_UNAUTHORIZED) {
       retryIn = Math.min(this.maxRetryDelay, this.minRetryDelay * 2 ** this._attempt);
       this._attempt += 1;
       this._retryTimer = setTimeout(() => this.connect(), retryIn);
@@ -186,6 +229,8 @@ export class SignalingClient extends EventTarget {
         if (this._room !== null) this._send("join", { room_id: this._room });
         break;
       case "joined":
+        // Before any peer connection of this room is made.
+        this._serverIceServers = Array.isArray(payload.ice_servers) ? payload.ice_servers : null;
         this._emit("joined", { room: payload.room_id, peers: payload.clients });
         for (const id of payload.clients) this._addPeer(id, true);
         break;
@@ -214,7 +259,7 @@ export class SignalingClient extends EventTarget {
   _addPeer(id, polite) {
     const existing = this._peers.get(id);
     if (existing) return existing;
-    const pc = new RTCPeerConnection(this.rtcConfig);
+    const pc = this._peerConnection();
     const peer = {
       id,
       pc,
@@ -245,6 +290,22 @@ export class SignalingClient extends EventTarget {
     };
     this._emit("peer-joined", { id });
     return peer;
+  }
+
+  // A configuration the browser refuses (a bad URL from a webhook, say) is
+  // reported, and the peer connection made without the server's ICE servers.
+  _peerConnection() {
+    const config = this.rtcConfig;
+    try {
+      return new RTCPeerConnection(config);
+    } catch (err) {
+      if (this._serverIceServers === null || config.iceServers !== this._serverIceServers) throw err;
+      this._emit("error", {
+        code: "bad_ice_servers",
+        message: `the ICE servers from the server were refused: ${err}`,
+      });
+      return new RTCPeerConnection({ ...config, iceServers: [] });
+    }
   }
 
   _removePeer(id) {
@@ -355,11 +416,15 @@ export class SignalingClient extends EventTarget {
   }
 }
 
-/** The /connect URL of the server that served `pageUrl` (ws: or wss:). */
-export function connectUrl(pageUrl = location.href) {
+/**
+ * The /connect URL of the server that served `pageUrl` (ws: or wss:), with
+ * `?token=` (URL-encoded) when `options.token` is given: the room token the
+ * server checks at `join` when the join payload has none.
+ */
+export function connectUrl(pageUrl = location.href, options = {}) {
   const url = new URL("connect", pageUrl);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  url.search = "";
+  url.search = options.token ? `?token=${encodeURIComponent(options.token)}` : "";
   url.hash = "";
   return url.href;
 }
