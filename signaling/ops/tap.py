@@ -15,6 +15,7 @@ from twisted.python import usage
 from txaio import tx as txaio_twisted
 
 from signaling import __version__
+from signaling.access.tokens import KeyFileError, TokenGate, read_public_key, read_secret
 from signaling.admin import ROOM_CLOSED, Admin
 from signaling.admin.manhole import (
     DEFAULT_AUTH_TIMEOUT,
@@ -23,6 +24,7 @@ from signaling.admin.manhole import (
     manhole_config,
     manhole_service,
 )
+from signaling.core.access import Gate, Gates
 from signaling.core.limits import (
     Limits,
     limit_options,
@@ -174,6 +176,27 @@ class Options(usage.Options):
         # One row for each limit, from its field of Limits.
         *([o.name, None, o.default, o.help, o.parse] for o in limit_options()),
         [
+            "auth-secret",
+            None,
+            None,
+            "File of the HS256 secret (at least 32 bytes; a trailing newline is dropped) "
+            "with which room tokens are signed: every join then needs a valid token.",
+        ],
+        [
+            "auth-public-key",
+            None,
+            None,
+            "PEM public key (RSA: RS256; EC P-256: ES256) that checks the signature of "
+            "room tokens: every join then needs a valid token.",
+        ],
+        [
+            "auth-leeway",
+            None,
+            5.0,
+            "Seconds of clock skew allowed when checking a room token's exp, nbf and iat.",
+            parse_seconds,
+        ],
+        [
             "redis",
             None,
             None,
@@ -290,6 +313,8 @@ class Options(usage.Options):
     manhole: ManholeConfig | None = None
     #: The parsed --redis URL (a RedisAddress), if given.
     redis_address: Any = None
+    #: The key that checks room tokens and its algorithm (None: no tokens).
+    token_key: tuple[Any, str] | None = None
     #: With --workers above 1, set in a worker (None in the supervisor).
     worker: WorkerRole | None = None
     #: The arguments after ``signaling``, which a worker gets too.
@@ -300,6 +325,7 @@ class Options(usage.Options):
         self["allowed-origin"] = []
         self["listen"] = []
         self["listen-tls"] = []
+        self["allow-anonymous-room"] = []
 
     def opt_listen(self, description: str) -> None:
         """Serve ws on this Twisted endpoint (tcp6:5000, tcp:5000:interface=127.0.0.1,
@@ -310,6 +336,11 @@ class Options(usage.Options):
     def opt_listen_tls(self, description: str) -> None:
         """Serve wss on this endpoint with --tls-cert/--tls-key; repeatable."""
         self["listen-tls"].append(description)
+
+    def opt_allow_anonymous_room(self, pattern: str) -> None:
+        """With --auth-secret/--auth-public-key: rooms matching this pattern
+        (* and ? are wildcards) may be joined without a token; repeatable."""
+        self["allow-anonymous-room"].append(pattern)
 
     def opt_addr(self, value: str) -> None:
         """Alias of --interface."""
@@ -363,6 +394,7 @@ class Options(usage.Options):
             raise usage.UsageError("--degraded-503 needs --redis")
         if self["redis"] is not None and not (self["node-timeout"] and self["redis-timeout"]):
             raise usage.UsageError("--node-timeout and --redis-timeout must be above 0")
+        self.token_key = _token_key(self)
         if self["tls-ciphers"] is not None:
             try:
                 check_ciphers(self["tls-ciphers"])
@@ -446,6 +478,47 @@ class Options(usage.Options):
         port = DEFAULT_PORT if self["port"] is None else self["port"]
         interface = self["interface"] or DEFAULT_INTERFACE
         return f"tcp:{port}:interface={quoteStringArgument(interface)}:backlog={self['backlog']}"
+
+
+def _token_key(options: Options) -> tuple[Any, str] | None:
+    """The key of --auth-secret or --auth-public-key and its algorithm."""
+    secret, public = options["auth-secret"], options["auth-public-key"]
+    if secret is not None and public is not None:
+        raise usage.UsageError(
+            "--auth-secret and --auth-public-key cannot be combined: room tokens "
+            "are checked with one key"
+        )
+    if secret is None and public is None:
+        if options["allow-anonymous-room"]:
+            raise usage.UsageError(
+                "--allow-anonymous-room needs --auth-secret or --auth-public-key: "
+                "without them every room may be joined without a token"
+            )
+        return None
+    try:
+        if secret is not None:
+            return read_secret(secret), "HS256"
+        return read_public_key(public)
+    except KeyFileError as e:
+        option = "--auth-secret" if secret is not None else "--auth-public-key"
+        raise usage.UsageError(f"{option}: {e}") from None
+
+
+def _gates(config: Options, reactor: Any) -> list[Gate]:
+    """The gates every join passes, in order (none: access control is off)."""
+    gates: list[Gate] = []
+    if config.token_key is not None:
+        key, algorithm = config.token_key
+        gates.append(
+            TokenGate(
+                key,
+                algorithm,
+                reactor,
+                leeway=config["auth-leeway"],
+                anonymous_rooms=config["allow-anonymous-room"],
+            )
+        )
+    return gates
 
 
 def _redis_address(url: str) -> Any:
@@ -536,6 +609,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     factory = SignalingFactory(
         clock=reactor, limits=config.limits, rooms=rooms, trust_proxy=config["trust-proxy"]
     )
+    gates = _gates(config, reactor)
+    if gates:
+        factory.hub.gate = gates[0] if len(gates) == 1 else Gates(gates)
     factory.hub.degraded_status = 503 if config["degraded-503"] else 200
     factory.fast_paths = compat.check()
     if config["hide-version"]:

@@ -1,0 +1,1 @@
+"""Implementations of the access gates (:class:`signaling.core.access.Gate`)."""
