@@ -18,6 +18,8 @@ from txaio import tx as txaio_twisted
 
 from signaling import __version__
 from signaling.access.ice import DEFAULT_TURN_TTL, IceServers, check_url, read_secret
+from signaling.access.tokens import KeyFileError, TokenGate, read_public_key
+from signaling.access.tokens import read_secret as read_token_secret
 from signaling.admin import ROOM_CLOSED, Admin
 from signaling.admin.manhole import (
     DEFAULT_AUTH_TIMEOUT,
@@ -26,7 +28,7 @@ from signaling.admin.manhole import (
     manhole_config,
     manhole_service,
 )
-from signaling.core.access import Gates
+from signaling.core.access import Gate, Gates
 from signaling.core.limits import (
     Limits,
     limit_options,
@@ -186,6 +188,27 @@ class Options(usage.Options):
         ],
         # One row for each limit, from its field of Limits.
         *([o.name, None, o.default, o.help, o.parse] for o in limit_options()),
+        [
+            "auth-secret",
+            None,
+            None,
+            "File of the HS256 secret (at least 32 bytes; a trailing newline is dropped) "
+            "with which room tokens are signed: every join then needs a valid token.",
+        ],
+        [
+            "auth-public-key",
+            None,
+            None,
+            "PEM public key (RSA: RS256; EC P-256: ES256) that checks the signature of "
+            "room tokens: every join then needs a valid token.",
+        ],
+        [
+            "auth-leeway",
+            None,
+            5.0,
+            "Seconds of clock skew allowed when checking a room token's exp, nbf and iat.",
+            parse_seconds,
+        ],
         [
             "redis",
             None,
@@ -348,6 +371,8 @@ class Options(usage.Options):
     manhole: ManholeConfig | None = None
     #: The parsed --redis URL (a RedisAddress), if given.
     redis_address: Any = None
+    #: The key that checks room tokens and its algorithm (None: no tokens).
+    token_key: tuple[Any, str] | None = None
     #: With --workers above 1, set in a worker (None in the supervisor).
     worker: WorkerRole | None = None
     #: The arguments after ``signaling``, which a worker gets too.
@@ -362,6 +387,7 @@ class Options(usage.Options):
         self["listen-tls"] = []
         self["stun"] = []
         self["turn"] = []
+        self["allow-anonymous-room"] = []
 
     def opt_listen(self, description: str) -> None:
         """Serve ws on this Twisted endpoint (tcp6:5000, tcp:5000:interface=127.0.0.1,
@@ -391,6 +417,11 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--turn: {e}") from None
         self["turn"].append(url)
+
+    def opt_allow_anonymous_room(self, pattern: str) -> None:
+        """With --auth-secret/--auth-public-key: rooms matching this pattern
+        (* and ? are wildcards) may be joined without a token; repeatable."""
+        self["allow-anonymous-room"].append(pattern)
 
     def opt_addr(self, value: str) -> None:
         """Alias of --interface."""
@@ -450,6 +481,7 @@ class Options(usage.Options):
                 check_webhook_url(option, self[option])
         if not self["webhook-timeout"]:
             raise usage.UsageError("--webhook-timeout must be above 0")
+        self.token_key = _token_key(self)
         if self["tls-ciphers"] is not None:
             try:
                 check_ciphers(self["tls-ciphers"])
@@ -554,6 +586,30 @@ class Options(usage.Options):
         return f"tcp:{port}:interface={quoteStringArgument(interface)}:backlog={self['backlog']}"
 
 
+def _token_key(options: Options) -> tuple[Any, str] | None:
+    """The key of --auth-secret or --auth-public-key and its algorithm."""
+    secret, public = options["auth-secret"], options["auth-public-key"]
+    if secret is not None and public is not None:
+        raise usage.UsageError(
+            "--auth-secret and --auth-public-key cannot be combined: room tokens "
+            "are checked with one key"
+        )
+    if secret is None and public is None:
+        if options["allow-anonymous-room"]:
+            raise usage.UsageError(
+                "--allow-anonymous-room needs --auth-secret or --auth-public-key: "
+                "without them every room may be joined without a token"
+            )
+        return None
+    try:
+        if secret is not None:
+            return read_token_secret(secret), "HS256"
+        return read_public_key(public)
+    except KeyFileError as e:
+        option = "--auth-secret" if secret is not None else "--auth-public-key"
+        raise usage.UsageError(f"{option}: {e}") from None
+
+
 def _redis_address(url: str) -> Any:
     try:
         from signaling.backplane.redis import parse_url
@@ -618,9 +674,21 @@ class GatesService(Service):
         return DeferredList(closing)
 
 
-def _gates(config: Options, factory: SignalingFactory, reactor: Any) -> list[Any]:
-    """The access gates the options ask for, in the order a join passes them."""
-    gates: list[Any] = []
+def _gates(config: Options, factory: SignalingFactory, reactor: Any) -> list[Gate]:
+    """The gates every join passes, in order: room tokens, then the
+    webhook (none: access control is off)."""
+    gates: list[Gate] = []
+    if config.token_key is not None:
+        key, algorithm = config.token_key
+        gates.append(
+            TokenGate(
+                key,
+                algorithm,
+                reactor,
+                leeway=config["auth-leeway"],
+                anonymous_rooms=config["allow-anonymous-room"],
+            )
+        )
     if config["auth-webhook"] or config["disconnect-webhook"]:
         # Imported only here: a server without webhooks does not load treq.
         from signaling.access.webhook import WebhookGate
