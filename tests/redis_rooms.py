@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet import reactor
 
-from signaling.core.rooms import JoinDone, Joined, JoinRefused, Member
+from signaling.core.rooms import Identity, JoinDone, Joined, JoinRefused, Member
 
 from .conftest import on_reactor, wait_for
 from .redis_servers import SHARED_URL, shared_prefix
@@ -54,13 +54,21 @@ class RoomsOnReactor:
     def __init__(self, rooms: Any) -> None:
         self.target = rooms
 
-    def join(self, room_id: str, member: Member, done: JoinDone) -> None:
+    def join(
+        self,
+        room_id: str,
+        member: Member,
+        done: JoinDone,
+        identity: Identity | None = None,
+        max_room_size: int = 0,
+    ) -> None:
         def answered(outcome: Joined | JoinRefused) -> None:
             if isinstance(outcome, Joined):
-                outcome = Joined(RoomOnReactor(outcome.room), outcome.existing)  # type: ignore[arg-type]
+                room = RoomOnReactor(outcome.room)
+                outcome = Joined(room, outcome.existing, outcome.identities)  # type: ignore[arg-type]
             done(outcome)
 
-        on_reactor(self.target.join, room_id, member, answered)
+        on_reactor(self.target.join, room_id, member, answered, identity, max_room_size)
 
     def leave(self, member: Member) -> None:
         on_reactor(self.target.leave, member)

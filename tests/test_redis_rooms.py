@@ -27,15 +27,18 @@ from .redis_servers import PrivateRedis, redis_command, redis_keys
 pytestmark = pytest.mark.usefixtures("reactor_thread")
 
 
-def join(rooms: RoomsOnReactor, room_id: str, member: FakeMember) -> Joined | JoinRefused:
+def join(
+    rooms: RoomsOnReactor, room_id: str, member: FakeMember, **options: Any
+) -> Joined | JoinRefused:
+    """``options``: the join's ``identity`` and ``max_room_size``."""
     outcomes: list[Joined | JoinRefused] = []
-    rooms.join(room_id, member, outcomes.append)
+    rooms.join(room_id, member, outcomes.append, **options)
     assert wait_for(lambda: bool(outcomes)), "no answer to the join"
     return outcomes[0]
 
 
-def joined(rooms: RoomsOnReactor, room_id: str, member: FakeMember) -> Joined:
-    outcome = join(rooms, room_id, member)
+def joined(rooms: RoomsOnReactor, room_id: str, member: FakeMember, **options: Any) -> Joined:
+    outcome = join(rooms, room_id, member, **options)
     assert isinstance(outcome, Joined), outcome
     return outcome
 
@@ -92,6 +95,48 @@ def test_the_last_leave_anywhere_deletes_the_room_in_redis() -> None:
         settle(one, two)
         assert not [key for key in redis_keys(prefix) if "room:" in key]
         assert one.room("gone") is None and two.room("gone") is None
+
+
+ALICE = {"sub": "alice", "name": "Alice", "metadata": {"n": 12345678901234567, "tags": ["x"]}}
+BOB = {"sub": "bob", "metadata": {"empty": {}, "city": "Zürich"}}
+
+
+def identities_in_redis(prefix: str, room_id: str, port: int = 6379) -> dict[str, Any]:
+    flat = redis_command(port, "HGETALL", f"{prefix}room:{room_id}:ids")
+    return {flat[i].decode(): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def test_identities_travel_between_nodes_and_go_with_their_members() -> None:
+    with nodes(3) as (one, two, three):
+        prefix = on_reactor(lambda: one.target.prefix)
+        a, b, c, d = (FakeMember(n) for n in "abcd")
+        assert joined(one, "r", a, identity=ALICE).identities == {}
+        assert joined(two, "r", b, identity=BOB).identities == {"a": ALICE}
+        settle(one, two)
+        assert a.received == [messages.new_client("b", BOB)]
+        assert joined(two, "r", c).identities == {"a": ALICE, "b": BOB}
+        settle(one, two)
+        assert a.received[-1] == messages.new_client("c")
+        assert b.received == [messages.new_client("c")]
+        assert identities_in_redis(prefix, "r") == {"a": ALICE, "b": BOB}
+
+        one.leave(a)
+        settle(one, two)
+        assert identities_in_redis(prefix, "r") == {"b": BOB}
+        assert joined(one, "r", d).identities == {"b": BOB}
+
+        # a node that stops takes its members' identities with them
+        joined(three, "r", FakeMember("e"), identity=ALICE)
+        settle(one, two, three)
+        assert identities_in_redis(prefix, "r") == {"b": BOB, "e": ALICE}
+        on_reactor(three.target.stop)
+        settle(one, two)
+        assert identities_in_redis(prefix, "r") == {"b": BOB}
+        two.leave(b)
+        two.leave(c)
+        one.leave(d)
+        settle(one, two)
+        assert not [key for key in redis_keys(prefix) if "room:" in key]
 
 
 def test_order_per_sender_and_target_is_kept_across_nodes() -> None:
@@ -279,6 +324,64 @@ def test_recovery_after_redis_restarts_empty(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_identities_are_put_back_after_redis_restarts_empty(tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        with nodes(2, url=server.url(), ttl=1.0, heartbeat=0.2) as (one, two):
+            prefix = on_reactor(lambda: one.target.prefix)
+            a, b = FakeMember("a"), FakeMember("b")
+            joined(one, "r", a, identity=ALICE)
+            joined(two, "r", b)
+            settle(one, two)
+            server.stop()
+            assert wait_for(lambda: not on_reactor(lambda: one.target.available))
+            server.start()  # empty
+            assert wait_for(
+                lambda: identities_in_redis(prefix, "r", server.port) == {"a": ALICE}, 10
+            )
+            assert wait_for(lambda: not on_reactor(lambda: two.target.recovering), 5)
+            c = FakeMember("c")
+            assert joined(two, "r", c).identities == {"a": ALICE}
+            settle(one, two)
+            assert a.received[-1] == messages.new_client("c")
+    finally:
+        server.stop()
+
+
+def test_a_newcomer_missed_while_the_inbox_was_down_is_told_with_its_identity(
+    tmp_path: Path,
+) -> None:
+    """Node one's subscription drops and comes back late: the join it
+    missed is found by comparing its view with Redis, and its members
+    hear ``new-client`` with the newcomer's identity."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        with nodes(
+            2,
+            url=server.url(),
+            ttl=1.0,
+            heartbeat=0.2,
+            each=[{"retry_policy": lambda attempt: 1.0}, {}],  # one resubscribes late
+        ) as (one, two):
+            a, b = FakeMember("a"), FakeMember("b")
+            joined(one, "r", a)
+            settle(one, two)
+            # past the comparison that follows the first registration
+            assert wait_for(lambda: on_reactor(lambda: one.target._reconcile_call is None), 5)
+            redis_command(server.port, "CLIENT", "KILL", "TYPE", "pubsub")
+            assert wait_for(lambda: not on_reactor(lambda: one.target.available))
+            assert wait_for(lambda: on_reactor(lambda: two.target.available))
+            assert joined(two, "r", b, identity=BOB).existing == ["a"]
+            assert a.received == []  # its inbox was down
+            assert wait_for(lambda: a.received == [messages.new_client("b", BOB)], 5), a.received
+            room = one.room("r")
+            assert room is not None and room.member_ids() == ["a", "b"]
+    finally:
+        server.stop()
+
+
 def test_a_frozen_node_is_declared_dead_and_closes_its_members_when_it_wakes() -> None:
     frozen_clock = Clock()  # node two's timers run only when the test says
     evicted: list[list[Any]] = []
@@ -291,10 +394,11 @@ def test_a_frozen_node_is_declared_dead_and_closes_its_members_when_it_wakes() -
     ) as (one, two):
         a, b = FakeMember("a"), FakeMember("b")
         joined(one, "r", a)
-        joined(two, "r", b)
+        joined(two, "r", b, identity=BOB)
         settle(one, two)
         prefix = on_reactor(lambda: one.target.prefix)
         node_two = on_reactor(lambda: two.target.node_id)
+        assert identities_in_redis(prefix, "r") == {"b": BOB}
         # two refreshed its key once, when it connected, and never since
         started = time.monotonic()
         assert wait_for(lambda: ("leave-client", "b") in decoded(a), 6)
@@ -302,6 +406,7 @@ def test_a_frozen_node_is_declared_dead_and_closes_its_members_when_it_wakes() -
         assert one.room("r") is not None and one.room("r").member_ids() == ["a"]  # type: ignore[union-attr]
         leftover = [k for k in redis_keys(prefix) if node_two in k]
         assert leftover == [f"{prefix}node:{node_two}:dead"]
+        assert identities_in_redis(prefix, "r") == {}
         assert evicted == []
 
         # It wakes up: a join it sends before its next refresh is refused
@@ -513,14 +618,19 @@ def test_a_join_made_while_the_node_starts_waits_for_redis(tmp_path: Path) -> No
     try:
         on_reactor(lambda: node.started().addCallback(started.append) and None)
         on_reactor(node.start)
-        on_reactor(node.join, "r", FakeMember("a"), outcomes.append)
+        on_reactor(node.join, "r", FakeMember("a"), outcomes.append, ALICE)
+        on_reactor(node.join, "r", FakeMember("b"), outcomes.append, None, 1)
         time.sleep(0.3)
         assert outcomes == [] and started == []
         server.start()
-        assert wait_for(lambda: bool(outcomes)), "the join was never answered"
+        assert wait_for(lambda: len(outcomes) == 2), "the joins were never answered"
         assert isinstance(outcomes[0], Joined), outcomes[0]
+        # what the joins came with waited with them: b's bound, a's identity
+        assert isinstance(outcomes[1], RoomFull) and outcomes[1].limit == 1, outcomes[1]
         assert started == [None]
         assert on_reactor(lambda: node.available)
+        c = FakeMember("c")
+        assert joined(RoomsOnReactor(node), "r", c).identities == {"a": ALICE}
     finally:
         on_reactor(node.stop)
         server.stop()

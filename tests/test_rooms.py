@@ -53,27 +53,28 @@ class Harness:
     def members(self, *names: str) -> list[FakeMember]:
         return [FakeMember(name) for name in names]
 
-    def start_join(self, room_id: str, member: FakeMember) -> Outcomes:
-        """Start a join; the list gets what ``done`` is called with."""
+    def start_join(self, room_id: str, member: FakeMember, **options: Any) -> Outcomes:
+        """Start a join; the list gets what ``done`` is called with.
+        ``options``: ``identity``, ``max_room_size``."""
         outcomes: Outcomes = []
-        self.rooms.join(room_id, member, outcomes.append)
+        self.rooms.join(room_id, member, outcomes.append, **options)
         return outcomes
 
-    def join(self, room_id: str, member: FakeMember) -> Joined | JoinRefused:
+    def join(self, room_id: str, member: FakeMember, **options: Any) -> Joined | JoinRefused:
         """Join and settle; ``done`` must have been called exactly once."""
-        outcomes = self.start_join(room_id, member)
+        outcomes = self.start_join(room_id, member, **options)
         self.settle()
         assert len(outcomes) == 1, outcomes
         return outcomes[0]
 
-    def joined(self, room_id: str, member: FakeMember) -> Joined:
-        outcome = self.join(room_id, member)
+    def joined(self, room_id: str, member: FakeMember, **options: Any) -> Joined:
+        outcome = self.join(room_id, member, **options)
         assert isinstance(outcome, Joined), outcome
         assert outcome.room.room_id == room_id
         return outcome
 
-    def refused(self, room_id: str, member: FakeMember) -> JoinRefused:
-        outcome = self.join(room_id, member)
+    def refused(self, room_id: str, member: FakeMember, **options: Any) -> JoinRefused:
+        outcome = self.join(room_id, member, **options)
         assert isinstance(outcome, JoinRefused), outcome
         return outcome
 
@@ -641,6 +642,68 @@ def test_rooms_gives_a_snapshot(harness: Harness) -> None:
 
 
 # --------------------------------------------------------------------------
+# identity
+# --------------------------------------------------------------------------
+
+#: Identities as a gate grants them; metadata is any JSON (a large integer,
+#: nesting, an empty object, text beyond ASCII must come back as given).
+ALICE = {"sub": "alice", "name": "Alice", "metadata": {"n": 12345678901234567, "tags": ["x"]}}
+CAROL = {"sub": "carol", "metadata": {"empty": {}, "city": "Zürich", "ratio": 0.5}}
+
+
+def new_client_with(member: FakeMember, identity: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "new-client", "payload": {"client_id": member.client_id, **identity}}
+
+
+def test_identity_reaches_the_members_and_the_newcomers(harness: Harness) -> None:
+    a, b, c, d = harness.members("a", "b", "c", "d")
+    assert harness.joined("r", a, identity=ALICE).identities == {}
+
+    joined_b = harness.joined("r", b)  # no identity
+    assert joined_b.existing == ids(a)
+    assert joined_b.identities == {"a": ALICE}
+    assert a.decoded() == [new_client(b)]
+    assert a.received == [messages.new_client(b.client_id)]
+
+    joined_c = harness.joined("r", c, identity=CAROL)
+    assert joined_c.existing == ids(a, b)
+    assert joined_c.identities == {"a": ALICE}  # only the members that have one
+    assert a.decoded()[-1] == b.decoded()[-1] == new_client_with(c, CAROL)
+    assert a.received[-1] == messages.new_client(c.client_id, CAROL)
+
+    joined_d = harness.joined("r", d)
+    assert joined_d.identities == {"a": ALICE, "c": CAROL}
+    assert c.decoded() == [new_client(d)]
+
+
+def test_an_identity_goes_with_its_member(harness: Harness) -> None:
+    a, b, c, x = harness.members("a", "b", "c", "x")
+    harness.joined("r", a, identity=ALICE)
+    harness.joined("r", b)
+    harness.joined("other", x, identity=CAROL)
+    harness.leave(a)
+    # another room's identities are not listed, nor a member's that left
+    assert harness.joined("r", c).identities == {}
+    # joining again without one, it has none
+    clear(b, c)
+    assert harness.joined("r", a).identities == {}
+    assert b.decoded() == c.decoded() == [new_client(a)]
+    harness.leave(a)
+    # and with another, the other
+    clear(b, c)
+    harness.joined("r", a, identity=CAROL)
+    assert b.decoded() == c.decoded() == [new_client_with(a, CAROL)]
+    assert harness.joined("r", FakeMember("d")).identities == {"a": CAROL}
+
+
+def test_no_identity_anywhere(harness: Harness) -> None:
+    a, b = harness.members("a", "b")
+    harness.joined("r", a, identity=None)
+    assert harness.joined("r", b, identity={}).identities == {}
+    assert a.received == [messages.new_client(b.client_id)]
+
+
+# --------------------------------------------------------------------------
 # limits
 # --------------------------------------------------------------------------
 
@@ -667,6 +730,46 @@ def test_a_full_room_refuses_a_join(implementation: Implementation) -> None:
         assert harness.member_ids("r") == ids(a, c)
         # other rooms are not limited by this one
         assert harness.joined("s", b).existing == []
+
+
+def test_a_join_may_bring_its_own_room_size_bound(implementation: Implementation) -> None:
+    """A join's ``max_room_size`` (a grant's) bounds the room as it joins,
+    with the rooms' own bound: the tighter of the two counts."""
+    with implementation(3, 0) as harness:
+        a, b, c, d = harness.members("a", "b", "c", "d")
+        harness.joined("r", a, max_room_size=5)
+        harness.joined("r", b)
+
+        refused = harness.refused("r", c, max_room_size=2)
+        assert isinstance(refused, RoomFull)
+        assert refused.limit == 2
+        assert harness.member_ids("r") == ids(a, b)
+        assert a.received == [messages.new_client(b.client_id)]
+
+        harness.joined("r", c, max_room_size=4)  # 3 with the rooms' bound
+        refused = harness.refused("r", d, max_room_size=10)
+        assert isinstance(refused, RoomFull) and refused.limit == 3
+        refused = harness.refused("r", d)
+        assert isinstance(refused, RoomFull) and refused.limit == 3
+        assert harness.member_ids("r") == ids(a, b, c)
+        assert harness.rooms.room_of(d.client_id) is None
+
+        # the bound is the joining member's: it does not stay with the room
+        harness.leave(c)
+        harness.joined("r", d)
+        # a room it makes is not bounded by the others' bounds
+        assert harness.joined("s", c, max_room_size=1).existing == []
+        refused = harness.refused("s", FakeMember("e"), max_room_size=1)
+        assert isinstance(refused, RoomFull) and refused.limit == 1
+
+
+def test_a_join_bound_alone(harness: Harness) -> None:
+    a, b, c = harness.members("a", "b", "c")
+    harness.joined("r", a)
+    harness.joined("r", b, max_room_size=2)
+    refused = harness.refused("r", c, max_room_size=2)
+    assert isinstance(refused, RoomFull) and refused.limit == 2
+    assert harness.joined("r", c, max_room_size=0).existing == ids(a, b)
 
 
 def test_too_many_rooms_refuses_a_join_that_makes_one(implementation: Implementation) -> None:

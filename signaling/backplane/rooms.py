@@ -66,6 +66,7 @@ from signaling.core.rooms import (
     RoomsHealth,
     RoomsUnavailable,
     TooManyRooms,
+    tighter,
 )
 from signaling.logs import ServerLogger
 
@@ -91,12 +92,15 @@ def new_node_id() -> str:
 class _Local:
     """A member this node holds: joined (``number`` set) or joining."""
 
-    __slots__ = ("cancelled", "done", "held", "member", "number", "room_id")
+    __slots__ = ("cancelled", "done", "held", "identity", "member", "number", "room_id")
 
-    def __init__(self, member: Member, room_id: str, done: JoinDone) -> None:
+    def __init__(self, member: Member, room_id: str, done: JoinDone, identity: bytes) -> None:
         self.member = member
         self.room_id = room_id
         self.done = done
+        #: Its identity as stored in Redis (JSON), or empty: kept to put it
+        #: back after Redis restarted empty.
+        self.identity = identity
         #: The join's number in the room's events; None until its reply.
         self.number: int | None = None
         #: What arrived before the reply: (is relay, number, frame).
@@ -290,7 +294,7 @@ class RedisRooms:
         #: Until this node first registers (or ``reply_timeout`` after its
         #: start, whichever is first), joins wait here rather than fail: a
         #: process just started is not in an outage.
-        self._waiting: dict[str, tuple[str, Member, JoinDone]] = {}
+        self._waiting: dict[str, tuple[str, Member, JoinDone, Identity | None, int]] = {}
         self._start_wait = reply_timeout
         self._start_call: DelayedCall | None = None
         self._starting = True
@@ -316,11 +320,13 @@ class RedisRooms:
             return
         if not self.available:
             if self._starting and not self._stopping:
-                self._waiting[client_id] = (room_id, member, done)
+                self._waiting[client_id] = (room_id, member, done, identity, max_room_size)
                 return
             done(RoomsUnavailable("the rooms' store cannot be reached; try again shortly"))
             return
-        local = self._local[client_id] = _Local(member, room_id, done)
+        encoded = orjson.dumps(dict(identity)) if identity else b""
+        limit = tighter(self.max_room_size, max_room_size)
+        local = self._local[client_id] = _Local(member, room_id, done, encoded)
         view = self._views.get(room_id)
         if view is None:
             view = self._views[room_id] = RedisRoom(self, room_id)
@@ -333,11 +339,15 @@ class RedisRooms:
                 room_id,
                 client_id,
                 self.node_id,
-                self.max_room_size,
+                limit,
                 self.max_rooms,
+                encoded,
             ),
         ).addCallbacks(
-            self._join_reply, self._join_failed, callbackArgs=(local,), errbackArgs=(local,)
+            self._join_reply,
+            self._join_failed,
+            callbackArgs=(local, limit),
+            errbackArgs=(local,),
         )
 
     def leave(self, member: Member) -> None:
@@ -446,8 +456,8 @@ class RedisRooms:
                 wait=self._start_wait,
             )
         waiting, self._waiting = self._waiting, {}
-        for room_id, member, done in waiting.values():
-            self.join(room_id, member, done)
+        for room_id, member, done, identity, max_room_size in waiting.values():
+            self.join(room_id, member, done, identity, max_room_size)
         started, self._started = self._started, []
         for waiter in started:
             waiter.callback(None)
@@ -631,7 +641,12 @@ class RedisRooms:
                     view.left[member_id] = number
             elif event[4] != self.node_id or member_id in view.local:
                 view.members[member_id] = (event[4], number)
-        frame = messages.new_client(member_id) if joining else messages.leave_client(member_id)
+        if not joining:
+            frame = messages.leave_client(member_id)
+        elif len(event) > 5 and event[5]:
+            frame = messages.new_client(member_id, orjson.loads(event[5]))
+        else:
+            frame = messages.new_client(member_id)
         self._notify(view, member_id, number, frame)
 
     def _notify(self, view: RedisRoom, member_id: str, number: int, frame: bytes) -> None:
@@ -676,7 +691,7 @@ class RedisRooms:
 
     # -- joins and leaves ------------------------------------------------------------
 
-    def _join_reply(self, reply: list[Any], local: _Local) -> None:
+    def _join_reply(self, reply: list[Any], local: _Local, limit: int) -> None:
         status = reply[0]
         client_id = local.member.client_id
         if status != b"ok":
@@ -685,7 +700,7 @@ class RedisRooms:
                 del self._local[client_id]
             refused: JoinRefused
             if status == b"room_full":
-                refused = RoomFull(self.max_room_size)
+                refused = RoomFull(limit)
             elif status == b"too_many_rooms":
                 refused = TooManyRooms(self.max_rooms)
             elif status == b"recovering":
@@ -698,20 +713,21 @@ class RedisRooms:
             local.done(refused)
             return
         number = int(reply[1])
+        identities = _identities(reply[2])
         before = [
             (reply[i].decode(), int(reply[i + 1]), reply[i + 2].decode())
-            for i in range(2, len(reply), 3)
+            for i in range(3, len(reply), 3)
         ]
         existing = [member_id for member_id, _, _ in before]
         if local.cancelled:  # its leave is on its way already
-            local.done(Joined(RedisRoom(self, local.room_id), existing))
+            local.done(Joined(RedisRoom(self, local.room_id), existing, identities))
             return
         view = self._views.get(local.room_id)
         if view is None or self._local.get(client_id) is not local:
             # This node let go of it meanwhile (declared dead, or stopping):
             # undo the join, which Redis made under the node's old id.
             self._send_leave(local.room_id, client_id, None)
-            local.done(Joined(RedisRoom(self, local.room_id), existing))
+            local.done(Joined(RedisRoom(self, local.room_id), existing, identities))
             return
         if not view.ready:
             view.members = {m: (node, n) for m, n, node in before}
@@ -726,7 +742,7 @@ class RedisRooms:
         local.number = number
         view.here[client_id] = local
         held, local.held = local.held, []
-        local.done(Joined(view, existing))
+        local.done(Joined(view, existing, identities))
         member = local.member
         for is_relay, at, frame in held:
             if self._local.get(client_id) is not local:
@@ -879,7 +895,7 @@ class RedisRooms:
         held: list[Any] = []
         for client_id, local in self._local.items():
             if local.number is not None:
-                held.extend((client_id, local.room_id, local.number))
+                held.extend((client_id, local.room_id, local.number, local.identity))
         # Redis restarted empty must not number events below those seen here.
         seen = 0
         for view in self._views.values():
@@ -1007,9 +1023,10 @@ class RedisRooms:
         if view is None or not view.ready:
             return
         counter = int(reply[0])
+        identities = _identities(reply[1])
         snapshot = {
             reply[i].decode(): (reply[i + 2].decode(), int(reply[i + 1]))
-            for i in range(1, len(reply), 3)
+            for i in range(2, len(reply), 3)
         }
         for member_id, (node, number) in list(view.members.items()):
             if node == self.node_id or member_id in snapshot or number > counter:
@@ -1022,8 +1039,14 @@ class RedisRooms:
             if view.left.get(member_id, 0) > counter:
                 continue  # it left after the snapshot
             view.members[member_id] = (node, number)
-            self._notify(view, member_id, number, messages.new_client(member_id))
+            frame = messages.new_client(member_id, identities.get(member_id))
+            self._notify(view, member_id, number, frame)
         view.number = max(view.number, counter)
+
+
+def _identities(flat: list[bytes]) -> dict[str, Identity]:
+    """``{member: identity}`` from a script's ``{member, identity JSON, ...}``."""
+    return {flat[i].decode(): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 class RedisRoomsService(Service):

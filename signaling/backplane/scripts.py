@@ -6,6 +6,8 @@ Every script takes the key prefix as ``ARGV[1]``. Keys (``P`` is the prefix):
 - ``P rooms``: the set of room ids;
 - ``P room:R``: the members of room R, a sorted set scored by join number;
 - ``P room:R:nodes``: hash, member -> the node (process) that holds it;
+- ``P room:R:ids``: hash, member -> its identity (JSON), for the members
+  that joined with one;
 - ``P node:N``: hash, member -> room, of node N (what to remove if N dies);
 - ``P nodes``: the set of live nodes; ``P node:N:alive``: a key with a TTL
   that node N refreshes; ``P node:N:dead``: set when N was declared dead;
@@ -14,7 +16,8 @@ Every script takes the key prefix as ``ARGV[1]``. Keys (``P`` is the prefix):
 
 Each change is published, as a JSON array, to the inbox channel
 ``P inbox:N`` of every node with members in the room after it:
-``["j", room, number, member, node]`` for a join, ``["l", room, number,
+``["j", room, number, member, node, identity]`` for a join (identity: its
+JSON text, or ``""``), ``["l", room, number,
 member]`` for a leave, ``["c", room, 0, reason]`` when the operator closes
 the room. Inboxes also carry relayed frames (see rooms.py).
 """
@@ -41,12 +44,13 @@ local function remove(room, member)
     return false
   end
   redis.call('HDEL', key .. ':nodes', member)
+  redis.call('HDEL', key .. ':ids', member)
   if node then
     redis.call('HDEL', P .. 'node:' .. node, member)
   end
   local number = redis.call('INCR', P .. 'seq')
   if redis.call('ZCARD', key) == 0 then
-    redis.call('DEL', key, key .. ':nodes')
+    redis.call('DEL', key, key .. ':nodes', key .. ':ids')
     redis.call('SREM', P .. 'rooms', room)
   else
     publish_room(room, cjson.encode({'l', room, number, member}))
@@ -98,9 +102,11 @@ local function reap(node)
 end
 """
 
-#: ARGV: prefix, room, member, node, max room size, max rooms (0: no bound).
-#: Returns ``{"ok", number, member, number, node, ...}`` (the members before,
-#: in join order), ``{"room_full"}``, ``{"too_many_rooms"}``, ``{"dead"}`` if
+#: ARGV: prefix, room, member, node, max room size, max rooms (0: no bound),
+#: the member's identity (JSON text, or ``""`` for none). Returns ``{"ok",
+#: number, {member, identity, ...}, member, number, node, ...}`` (the
+#: identities of the members before that have one, then those members in
+#: join order), ``{"room_full"}``, ``{"too_many_rooms"}``, ``{"dead"}`` if
 #: the node was declared dead (nothing of it may come back), or
 #: ``{"recovering"}`` during the grace after an outage (``P grace``), while
 #: nodes put their members back.
@@ -124,16 +130,20 @@ if size == 0 then
 elseif max_size > 0 and size >= max_size then
   return {'room_full'}
 end
+local identity = ARGV[7]
 local number = redis.call('INCR', P .. 'seq')
-local reply = {'ok', number}
+local reply = {'ok', number, size > 0 and redis.call('HGETALL', key .. ':ids') or {}}
 for _, field in ipairs(members_of(key)) do
   reply[#reply + 1] = field
 end
 redis.call('ZADD', key, number, member)
 redis.call('HSET', key .. ':nodes', member, node)
+if identity ~= '' then
+  redis.call('HSET', key .. ':ids', member, identity)
+end
 redis.call('HSET', P .. 'node:' .. node, member, room)
 redis.call('SADD', P .. 'rooms', room)
-publish_room(room, cjson.encode({'j', room, number, member, node}))
+publish_room(room, cjson.encode({'j', room, number, member, node, identity}))
 return reply
 """
 )
@@ -215,7 +225,7 @@ return reap(ARGV[2])
 )
 
 #: ARGV: prefix, node, the highest event number the node has seen, then
-#: (member, room, number) for each member the node holds. Makes Redis agree
+#: (member, room, number, identity or ``""``) for each member the node holds. Makes Redis agree
 #: with the node after an outage: members of the node that it no longer holds
 #: are removed (their rooms hear of it), those missing are put back under
 #: their old numbers during the grace (Redis restarted empty) and reported
@@ -226,7 +236,7 @@ RESYNC = (
 local node = ARGV[2]
 local index_key = P .. 'node:' .. node
 local held = {}
-for i = 4, #ARGV, 3 do
+for i = 4, #ARGV, 4 do
   held[ARGV[i]] = ARGV[i + 1]
 end
 local removed, restored, highest = 0, 0, tonumber(ARGV[3])
@@ -241,7 +251,7 @@ for i = 1, #index, 2 do
 end
 local grace = redis.call('EXISTS', P .. 'grace') == 1
 local lost = {}
-for i = 4, #ARGV, 3 do
+for i = 4, #ARGV, 4 do
   local member, room, number = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local key = P .. 'room:' .. room
   if redis.call('ZSCORE', key, member) then
@@ -249,6 +259,9 @@ for i = 4, #ARGV, 3 do
   elseif grace then
     redis.call('ZADD', key, number, member)
     redis.call('HSET', key .. ':nodes', member, node)
+    if ARGV[i + 3] ~= '' then
+      redis.call('HSET', key .. ':ids', member, ARGV[i + 3])
+    end
     redis.call('SADD', P .. 'rooms', room)
     redis.call('HSET', index_key, member, room)
     restored = restored + 1
@@ -268,13 +281,15 @@ return {removed, restored, lost}
 """
 )
 
-#: ARGV: prefix, room. Returns ``{counter, member, number, node, ...}``: the
-#: event counter now, and the room's members in join order.
+#: ARGV: prefix, room. Returns ``{counter, {member, identity, ...}, member,
+#: number, node, ...}``: the event counter now, the identities of the room's
+#: members that have one, and the members in join order.
 SNAPSHOT = (
     _COMMON
     + b"""
-local reply = {redis.call('GET', P .. 'seq') or '0'}
-for _, field in ipairs(members_of(P .. 'room:' .. ARGV[2])) do
+local key = P .. 'room:' .. ARGV[2]
+local reply = {redis.call('GET', P .. 'seq') or '0', redis.call('HGETALL', key .. ':ids')}
+for _, field in ipairs(members_of(key)) do
   reply[#reply + 1] = field
 end
 return reply
