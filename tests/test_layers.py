@@ -20,6 +20,7 @@ ALLOWED = {
     "wire": {"core", "logs"},
     "web": {"core", "wire", "logs"},
     "backplane": {"core", "logs"},
+    "access": {"core", "logs"},
 }
 #: Libraries the pure layer must not import.
 FRAMEWORKS = ("twisted", "autobahn", "txaio", "OpenSSL", "zope", "prometheus_client")
