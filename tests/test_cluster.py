@@ -311,3 +311,44 @@ def test_a_process_started_before_redis_is_ready_only_once_it_is_reached(
             assert registered(process.port)
         finally:
             server.stop()
+
+
+def test_room_tokens_and_identities_across_two_processes(
+    cluster: Start, clients: Any, tmp_path: Path, prefix: str
+) -> None:
+    """Each process checks tokens with the same secret; a member's identity
+    (from its token) reaches a member on the other process; a token's room
+    bound holds cluster-wide; a refusal closes 4001 there too."""
+    import jwt
+
+    secret = os.urandom(32).hex()
+    secret_file = tmp_path / "token-secret"
+    secret_file.write_text(secret + "\n")
+    one = cluster("--auth-secret", str(secret_file))
+    two = cluster("--auth-secret", str(secret_file))
+
+    def token(sub: str, **claims: Any) -> str:
+        claims = {"room": "team-*", "exp": int(time.time()) + 60, "sub": sub, **claims}
+        return jwt.encode(claims, secret, algorithm="HS256")
+
+    a, b = clients(one), clients(two)
+    a.send("join", {"room_id": "team-1", "token": token("alice", name="Alice")})
+    assert a.expect("joined") == {"room_id": "team-1", "clients": [], "members": []}
+    b.send("join", {"room_id": "team-1", "token": token("bob", max_room_size=2)})
+    assert b.expect("joined") == {
+        "room_id": "team-1",
+        "clients": [a.id],
+        "members": [{"client_id": a.id, "sub": "alice", "name": "Alice"}],
+    }
+    assert a.expect("new-client") == {"client_id": b.id, "sub": "bob"}
+    c = clients(one)
+    c.send("join", {"room_id": "team-1", "token": token("carol", max_room_size=2)})
+    assert c.expect_error("room_full")["in_reply_to"] == "join"
+    d = clients(two)
+    d.send("join", {"room_id": "other", "token": token("dave")})
+    assert d.expect_error("unauthorized")["message"] == "the token is not for this room"
+    assert d.expect_closed() == 4001
+    b.send("leave")
+    assert a.expect("leave-client") == {"client_id": b.id}
+    a.send("leave")
+    assert wait_for(lambda: not [k for k in redis_keys(prefix) if ":room:" in k])
