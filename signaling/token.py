@@ -2,7 +2,7 @@
 
 Signs with the secret file of the server's ``--auth-secret`` (HS256) or with
 the private key whose public key is the server's ``--auth-public-key``
-(RS256 or ES256, by the key's type); prints the token. A production backend
+(RS256, or ES256/ES384/ES512, by the key's type); prints the token. A production backend
 mints tokens with its own JWT library (see README.rst, "Securing a
 deployment").
 """
@@ -47,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     key.add_argument(
         "--private-key",
         metavar="FILE",
-        help="PEM private key of the server's --auth-public-key (RSA: RS256, EC: ES256)",
+        help="PEM private key of the server's --auth-public-key (RSA: RS256; EC: ES256, "
+        "ES384 or ES512 by curve)",
     )
     p.add_argument(
         "--room",

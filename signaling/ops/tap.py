@@ -199,7 +199,8 @@ class Options(usage.Options):
             "auth-public-key",
             None,
             None,
-            "PEM public key (RSA: RS256; EC P-256: ES256) that checks the signature of "
+            "PEM public key (RSA: RS256; EC P-256, P-384, P-521: ES256, ES384, ES512) "
+            "that checks the signature of "
             "room tokens: every join then needs a valid token.",
         ],
         [
