@@ -52,9 +52,15 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--room",
-        required=True,
         action="append",
-        help="room id or pattern (* and ? are wildcards) the token admits to; repeatable",
+        default=[],
+        help="room id the token admits to (compared exactly); repeatable",
+    )
+    p.add_argument(
+        "--room-pattern",
+        action="append",
+        default=[],
+        help="room id pattern (* and ? are wildcards) the token admits to; repeatable",
     )
     p.add_argument(
         "--ttl",
@@ -84,11 +90,10 @@ def mint(args: argparse.Namespace, now: float) -> str:
         algorithm = "HS256"
     else:
         key, algorithm = read_private_key(args.private_key)
-    claims: dict[str, Any] = {
-        "room": args.room[0] if len(args.room) == 1 else args.room,
-        "iat": int(now),
-        "exp": int(now + args.ttl),
-    }
+    claims: dict[str, Any] = {"iat": int(now), "exp": int(now + args.ttl)}
+    for claim, values in (("room", args.room), ("room_pattern", args.room_pattern)):
+        if values:
+            claims[claim] = values[0] if len(values) == 1 else values
     for name in ("sub", "name", "max_room_size", "metadata"):
         value = getattr(args, name)
         if value is not None:
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.ttl <= 0:
         p.error("--ttl must be above 0")
+    if not args.room and not args.room_pattern:
+        p.error("give --room or --room-pattern (the rooms the token admits to)")
     try:
         print(mint(args, time.time()))
     except KeyFileError as e:

@@ -210,6 +210,7 @@ def test_every_join_let_through_ends_once() -> None:
     d = Client(hub, "d")
     d.send("join", room_id="u")
     d.wire.close(1000, "bye")
+    assert gate.ended[-1] == ("u", "d")  # at the close, should the rooms never answer
     rooms.release()
     assert gate.ended.count(("u", "d")) == 1
 

@@ -521,3 +521,29 @@ def test_the_metrics_port_logs_as_the_main_port_does(tmp_path: Path) -> None:
     lines = [line for line in output.splitlines()[mark:] if '"GET /metrics HTTP/1.1"' in line]
     assert len(lines) == 2, lines
     assert all(re.search(r'"tcp4:127\.0\.0\.1:\d+" - - ', line) for line in lines), lines
+
+
+def test_the_access_log_hides_room_tokens(tmp_path: Path) -> None:
+    """A room token in the demo page's URL (or in the Referer a page sends)
+    is a credential: the access log shows the request without its value."""
+    with serve(tmp_path) as server:
+        mark = server.mark()
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            connection.request(
+                "GET",
+                "/?room=abc&token=SECRET-IN-URL&x=1",
+                headers={"Referer": "https://app.example/?token=SECRET-IN-REFERER"},
+            )
+            assert connection.getresponse().read()
+        finally:
+            connection.close()
+
+        def logged() -> list[str]:
+            return [line for line in server.output.splitlines()[mark:] if '"GET /?room=' in line]
+
+        assert wait_for(lambda: bool(logged()))
+        [line] = logged()
+        assert "SECRET" not in line
+        assert "/?room=abc&token=REDACTED&x=1" in line
+        assert "https://app.example/?token=REDACTED" in line

@@ -328,7 +328,7 @@ def test_room_tokens_and_identities_across_two_processes(
     two = cluster("--auth-secret", str(secret_file))
 
     def token(sub: str, **claims: Any) -> str:
-        claims = {"room": "team-*", "exp": int(time.time()) + 60, "sub": sub, **claims}
+        claims = {"room_pattern": "team-*", "exp": int(time.time()) + 60, "sub": sub, **claims}
         return jwt.encode(claims, secret, algorithm="HS256")
 
     a, b = clients(one), clients(two)

@@ -398,3 +398,64 @@ def test_a_server_without_webhooks_does_not_import_treq() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+class EndlessError(Resource):
+    """Answers 500, then a body that never ends."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+        self.disconnected = 0
+
+    def render_POST(self, request: Any) -> Any:
+        request.setResponseCode(500)
+        request.write(b"upstream error ")
+        self.requests.append(request)
+        request.notifyFinish().addErrback(lambda _: self._gone())
+        return NOT_DONE_YET
+
+    def _gone(self) -> None:
+        self.disconnected += 1
+
+
+def test_an_error_reply_whose_body_never_ends_does_not_hold_its_connection(
+    reactor_thread: Any,
+) -> None:
+    resource = EndlessError()
+    port = on_reactor(reactor.listenTCP, 0, Site(resource), interface="127.0.0.1")
+    url = f"http://127.0.0.1:{port.getHost().port}/auth"
+    gate = WebhookGate(reactor, auth_url=url, timeout=0.3)
+    try:
+        answers = gate_answer(gate, JoinRequest("r", "c", "unix"))
+        assert wait_for(lambda: len(answers) == 1)
+        assert isinstance(answers[0], WebhookUnavailable)
+        assert wait_for(lambda: on_reactor(lambda: resource.disconnected) == 1, 3)
+        assert gate.pending_auth == 0
+    finally:
+        on_reactor(
+            lambda: [r.finish() for r in resource.requests if not (r.finished or r._disconnected)]
+        )
+        on_reactor(port.stopListening)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"allowed": True, "sub": 42},
+        {"allowed": True, "name": {"first": "x"}},
+        {"allowed": True, "metadata": "x" * 5000},
+    ],
+)
+def test_an_identity_peers_could_not_be_sent_is_an_invalid_reply(
+    hook: Hook, reply: dict[str, Any]
+) -> None:
+    gate = WebhookGate(reactor, auth_url=hook.url("/auth"))
+    hook.answer = answering(auth=(200, reply))
+    answers = gate_answer(gate, JoinRequest("r", "c", "unix"))
+    assert wait_for(lambda: len(answers) == 1)
+    assert isinstance(answers[0], WebhookUnavailable), answers[0]
+    assert answers[0].text == "the authorization service's reply has an invalid identity"
+    on_reactor(gate.close)

@@ -6,8 +6,9 @@ one algorithm: a shared secret (HS256, ``--auth-secret``) or a public key
 (RS256 for RSA, ES256/ES384/ES512 for the NIST curves,
 ``--auth-public-key``). Claims:
 
-- ``room`` (required): the room id, or an ``fnmatch`` pattern (``*``,
-  ``?``, ``[...]``), or a list of them;
+- ``room``: the room id, or a list of them, compared exactly (a room
+  named ``*`` is only that room); ``room_pattern``: an ``fnmatch`` pattern
+  (``*``, ``?``, ``[...]``), or a list of them; one of the two is required;
 - ``exp`` (required), ``nbf`` and ``iat`` (optional): checked with a
   leeway for clock skew;
 - ``sub``, ``name`` (strings) and ``metadata`` (any JSON): the member's
@@ -39,6 +40,7 @@ from signaling.core.access import (
     JoinRequest,
     Unauthorized,
     identity_of,
+    identity_problem,
 )
 from signaling.core.clock import Clock
 
@@ -196,7 +198,7 @@ class TokenGate:
                 # The times and the identity are checked by _grant (times on
                 # self.clock), the same way on every PyJWT version.
                 options={
-                    "require": ["exp", "room"],
+                    "require": ["exp"],
                     "verify_exp": False,
                     "verify_nbf": False,
                     "verify_iat": False,
@@ -228,20 +230,36 @@ class TokenGate:
             return Unauthorized(EXPIRED)
         if any(claims.get(claim, -math.inf) > now + self.leeway for claim in ("nbf", "iat")):
             return Unauthorized(NOT_YET)
-        rooms = claims["room"]
-        if isinstance(rooms, str):
-            rooms = [rooms]
-        if not (isinstance(rooms, list) and rooms and all(isinstance(r, str) and r for r in rooms)):
+        if "room" not in claims and "room_pattern" not in claims:
+            return Unauthorized("token claim room is missing (or room_pattern)")
+        rooms = _strings(claims["room"]) if "room" in claims else []
+        if rooms is None:
             return _invalid("room")
+        patterns = _strings(claims["room_pattern"]) if "room_pattern" in claims else []
+        if patterns is None:
+            return _invalid("room_pattern")
         for claim in ("sub", "name"):
             if claim in claims and not isinstance(claims[claim], str):
                 return _invalid(claim)
         size = claims.get("max_room_size", 0)
         if "max_room_size" in claims and not (type(size) is int and size > 0):
             return _invalid("max_room_size")
-        if not _matches(room_id, rooms):
+        identity = identity_of(claims)
+        problem = identity_problem(identity)
+        if problem is not None:
+            return Unauthorized(f"token claims sub, name, metadata are invalid: {problem}")
+        if room_id not in rooms and not _matches(room_id, patterns):
             return Unauthorized(WRONG_ROOM)
-        return Grant(identity=identity_of(claims), max_room_size=size)
+        return Grant(identity=identity, max_room_size=size)
+
+
+def _strings(value: object) -> list[str] | None:
+    """A claim that is a non-empty string or a list of them, as a list; None otherwise."""
+    if isinstance(value, str):
+        return [value] if value else None
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return value
+    return None
 
 
 def _matches(room_id: str, patterns: Sequence[str]) -> bool:

@@ -38,7 +38,15 @@ from twisted.web.client import (
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from signaling.core.access import OPEN, GateDone, Grant, JoinRequest, Unauthorized, identity_of
+from signaling.core.access import (
+    OPEN,
+    GateDone,
+    Grant,
+    JoinRequest,
+    Unauthorized,
+    identity_of,
+    identity_problem,
+)
 from signaling.core.logbudget import EventLog, LogBudget, NullLog
 from signaling.core.rooms import JoinRefused, RoomsUnavailable
 from signaling.core.stats import Stats
@@ -100,10 +108,12 @@ class _BoundedBody(Protocol):
         if self.length is not UNKNOWN_LENGTH and self.length > self.limit:
             self._too_large()
 
-    def discard(self) -> None:
-        """Read the rest only to reuse the connection; nobody waits for it."""
+    def drop(self) -> None:
+        """Nobody wants the body: drop the connection rather than read on
+        (a body that never ends would hold it for good)."""
         self.chunks = None
         self.done.addErrback(lambda _: None)
+        self._abort()
 
     def dataReceived(self, data: bytes) -> None:
         if self.done.called:
@@ -254,7 +264,7 @@ class WebhookGate:
         reader = _BoundedBody(MAX_REPLY, response.length)
         response.deliverBody(reader)
         if not 200 <= response.code < 300:
-            reader.discard()
+            reader.drop()
             raise _Failed("status", f"the authorization service answered {response.code}")
         return await reader.done
 
@@ -292,7 +302,19 @@ class WebhookGate:
                     value=ice_servers,
                 )
             ice_servers = None
-        return Grant(identity=identity_of(reply), ice_servers=ice_servers)
+        identity = identity_of(reply)
+        problem = identity_problem(identity)
+        if problem is not None:
+            return self._auth_failed(
+                Failure(
+                    _Failed(
+                        "invalid",
+                        "the authorization service's reply has an invalid identity",
+                        problem,
+                    )
+                )
+            )
+        return Grant(identity=identity, ice_servers=ice_servers)
 
     # -- failures ------------------------------------------------------------------
 

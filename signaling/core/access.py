@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from signaling.core.messages import UNAUTHORIZED
 from signaling.core.rooms import JoinRefused, tighter
 
@@ -27,6 +29,9 @@ CLOSE_UNAUTHORIZED = 4001
 
 #: The identity fields a grant may show to peers, in this order.
 IDENTITY_FIELDS = ("sub", "name", "metadata")
+#: The most an identity may take, encoded as JSON: it goes out with every
+#: ``new-client`` and ``joined`` of its room (and through Redis).
+MAX_IDENTITY_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,23 @@ class Gates:
     def left(self, room_id: str, client_id: str) -> None:
         for gate in self.gates:
             gate.left(room_id, client_id)
+
+
+def identity_problem(identity: Mapping[str, Any]) -> str | None:
+    """Why ``identity`` cannot be shown to peers (None if it can): ``sub``
+    and ``name`` must be strings, and the whole must encode as JSON (orjson:
+    integers within 64 bits, nesting within its bound) in at most
+    :data:`MAX_IDENTITY_BYTES`."""
+    for name in ("sub", "name"):
+        if name in identity and not isinstance(identity[name], str):
+            return f"{name} must be a string"
+    try:
+        encoded = orjson.dumps(dict(identity))
+    except (TypeError, orjson.JSONEncodeError) as e:
+        return f"it cannot be encoded as JSON ({e})"
+    if len(encoded) > MAX_IDENTITY_BYTES:
+        return f"it takes {len(encoded)} bytes as JSON, more than {MAX_IDENTITY_BYTES}"
+    return None
 
 
 def identity_of(claims: Mapping[str, Any]) -> dict[str, Any]:

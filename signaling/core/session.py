@@ -176,6 +176,9 @@ class Session:
         self._cancel_join_timer()
         if previous is IN_ROOM or previous is JOINING:
             self._leave_room()
+            # A join still pending ends here for the gate, whether or not
+            # the rooms ever answer it.
+            self._end_grant()
 
     def closed(self) -> None:
         """The connection is gone: forget the session, and let go of the

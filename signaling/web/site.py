@@ -7,6 +7,7 @@ browser client and the page's files under ``/static/``.
 from __future__ import annotations
 
 import os
+import re
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -298,9 +299,21 @@ def _log_field(value: bytes | str | None) -> str:
     return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
+_TOKEN_IN_QUERY = re.compile(rb"([?&]token=)[^&#]*")
+
+
+def _without_tokens(uri: bytes | None) -> bytes | None:
+    """``uri`` with the value of each ``token=`` of its query hidden: a room
+    token is a credential, and the demo page's URL (and so its Referer) may
+    carry one."""
+    if uri is None or b"token=" not in uri:
+        return uri
+    return _TOKEN_IN_QUERY.sub(rb"\1REDACTED", uri)
+
+
 def access_log_formatter(trust_proxy: int) -> IAccessLogFormatter:
     """The Combined Log Format, with the client address as
-    :func:`request_client_address` finds it."""
+    :func:`request_client_address` finds it, and room tokens hidden."""
 
     @provider(IAccessLogFormatter)
     def format_line(timestamp: str, request: Request) -> str:
@@ -308,11 +321,11 @@ def access_log_formatter(trust_proxy: int) -> IAccessLogFormatter:
             _log_field(request_client_address(request, trust_proxy)),
             timestamp,
             _log_field(request.method),
-            _log_field(request.uri),
+            _log_field(_without_tokens(request.uri)),
             _log_field(request.clientproto),
             request.code,
             request.sentLength or "-",
-            _log_field(request.getHeader(b"referer")),
+            _log_field(_without_tokens(request.getHeader(b"referer"))),
             _log_field(request.getHeader(b"user-agent")),
         )
 
