@@ -1,6 +1,6 @@
 """ICE servers and room tokens in the browser: the client makes its peer
-connections with the ``ice_servers`` of ``joined``, and the demo page passes
-``?token=`` on to ``/connect``."""
+connections with the ``ice_servers`` of ``joined``, and the demo page sends
+its ``?token=`` or ``#token=`` in the ``join`` payload, not on ``/connect``."""
 
 from __future__ import annotations
 
@@ -19,16 +19,21 @@ from .peers import WAIT, WAIT_MS, DemoPage
 
 pytestmark = pytest.mark.webrtc
 
-# Records every WebSocket the page opens and every message it receives.
+# Records every WebSocket the page opens, and every message it receives and sends.
 RECORD_SOCKETS = """
 window.socketUrls = [];
 window.received = [];
+window.sent = [];
 const NativeWebSocket = window.WebSocket;
 window.WebSocket = class extends NativeWebSocket {
     constructor(...args) {
         super(...args);
         window.socketUrls.push(String(args[0]));
         this.addEventListener("message", (e) => window.received.push(JSON.parse(e.data)));
+    }
+    send(data) {
+        window.sent.push(JSON.parse(data));
+        return super.send(data);
     }
 };
 """
@@ -40,6 +45,10 @@ _CONFIGURED = """() => Object.fromEntries([...window.demo.client.peers].map(
 
 def received(page: DemoPage, kind: str) -> list[dict[str, Any]]:
     return [m["payload"] for m in page.page.evaluate("window.received") if m["type"] == kind]
+
+
+def sent(page: DemoPage, kind: str) -> list[dict[str, Any]]:
+    return [m["payload"] for m in page.page.evaluate("window.sent") if m["type"] == kind]
 
 
 def configured(page: DemoPage) -> dict[str, list[dict[str, Any]]]:
@@ -102,31 +111,92 @@ class RecordingGate:
         pass
 
 
-def test_demo_page_passes_its_token_to_connect(server, open_page) -> None:
+def test_demo_page_sends_its_token_in_the_join(server, open_page) -> None:
     gate = RecordingGate()
     on_reactor(setattr, server.hub, "gate", gate)
     base = f"http://127.0.0.1:{server.port}/"
+    connect = f"ws://127.0.0.1:{server.port}/connect"
     plain = open_page(f"{base}?room=t&token=abc", RECORD_SOCKETS)
     plain.client_id()
-    assert plain.page.evaluate("window.socketUrls") == [
-        f"ws://127.0.0.1:{server.port}/connect?token=abc"
-    ]
-    # Characters that mean something in a query string arrive as they were.
+    # Characters that mean something in a URL arrive as they were, from a fragment too.
     token = "a b&c=d/é+?#"
-    odd = open_page(f"{base}?room=t&token=a%20b%26c%3Dd%2F%C3%A9%2B%3F%23", RECORD_SOCKETS)
+    odd = open_page(f"{base}?room=t#token=a%20b%26c%3Dd%2F%C3%A9%2B%3F%23", RECORD_SOCKETS)
     odd.client_id()
-    assert odd.page.evaluate("window.socketUrls") == [
-        f"ws://127.0.0.1:{server.port}/connect?token=a%20b%26c%3Dd%2F%C3%A9%2B%3F%23"
-    ]
     assert wait_for(lambda: gate.tokens == ["abc", token], WAIT), gate.tokens
+    for page, sent_token in ((plain, "abc"), (odd, token)):
+        # In the join payload, not on the connect URL.
+        assert page.page.evaluate("window.socketUrls") == [connect]
+        assert sent(page, "join") == [{"room_id": "t", "token": sent_token}]
+        # Gone from the address bar.
+        assert page.page.evaluate("location.href") == f"{base}?room=t"
+        assert page.page.url == f"{base}?room=t"
+        assert "token" not in page.page.input_value("#room-link")
     # Without ice_servers in joined, peer connections get no ICE servers.
     plain.wait_meshed({odd.client_id()})
     assert configured(plain) == {odd.client_id(): []}
-    assert "token" not in plain.page.input_value("#room-link")
-    # A page without ?token= connects without one.
-    bare = open_page(f"{base}?room=u", RECORD_SOCKETS)
+    # A fragment's room moves to ?room= when its token goes.
+    moved = open_page(f"{base}?trickle=1#room=v&token=xyz", RECORD_SOCKETS)
+    moved.client_id()
+    assert sent(moved, "join") == [{"room_id": "v", "token": "xyz"}]
+    assert moved.page.evaluate("location.href") == f"{base}?trickle=1&room=v"
+    # A page without a token joins without one, its #room untouched.
+    bare = open_page(f"{base}#u", RECORD_SOCKETS)
     bare.client_id()
-    assert bare.page.evaluate("window.socketUrls") == [f"ws://127.0.0.1:{server.port}/connect"]
+    assert bare.page.evaluate("window.socketUrls") == [connect]
+    assert sent(bare, "join") == [{"room_id": "u"}]
+    assert bare.page.evaluate("location.href") == f"{base}#u"
+    assert wait_for(lambda: gate.tokens == ["abc", token, "xyz", None], WAIT), gate.tokens
+    # And from the history: replaced, no entry added (a page that had no
+    # token to remove has as many).
+    lengths = {p.page.evaluate("history.length") for p in (plain, odd, moved, bare)}
+    assert len(lengths) == 1, lengths
+
+
+def test_every_rejoin_carries_the_clients_current_token(server, open_page) -> None:
+    gate = RecordingGate()
+    on_reactor(setattr, server.hub, "gate", gate)
+    page = open_page(f"http://127.0.0.1:{server.port}/?room=r&token=first", RECORD_SOCKETS)
+    old_id = page.client_id()
+    assert wait_for(lambda: gate.tokens == ["first"], WAIT), gate.tokens
+    # A fresh token before the reconnect: the rejoin sends it.
+    page.page.evaluate("window.demo.client.token = 'fresh'")
+    on_reactor(lambda: server.connection(old_id).dropConnection(abort=True))
+    page.page.wait_for_function(
+        "old => window.demo.client.id && window.demo.client.id !== old", arg=old_id, timeout=WAIT_MS
+    )
+    assert wait_for(lambda: gate.tokens == ["first", "fresh"], WAIT), gate.tokens
+    assert sent(page, "join") == [
+        {"room_id": "r", "token": "first"},
+        {"room_id": "r", "token": "fresh"},
+    ]
+    assert page.page.evaluate("window.socketUrls") == [f"ws://127.0.0.1:{server.port}/connect"] * 2
+
+
+# Runs in the page: connectUrl's URL for a token, and a client that presents the
+# token that way only (no token option).
+_URL_TOKEN = """async (token) => {
+    const { SignalingClient, connectUrl } = await import("/static/signaling-client.js");
+    const url = connectUrl(location.href, { token });
+    const client = new SignalingClient(url, { room: "by-url" });
+    const joined = new Promise((resolve) => client.addEventListener("joined", resolve));
+    client.connect();
+    await joined;
+    client.close();
+    return url;
+}"""
+
+
+def test_connect_url_still_carries_a_token(server, open_page) -> None:
+    gate = RecordingGate()
+    on_reactor(setattr, server.hub, "gate", gate)
+    page = open_page(f"http://127.0.0.1:{server.port}/?room=w#x", RECORD_SOCKETS)
+    page.client_id()
+    token = "a b&c=d/é+?#"
+    assert page.page.evaluate(_URL_TOKEN, token) == (
+        f"ws://127.0.0.1:{server.port}/connect?token=a%20b%26c%3Dd%2F%C3%A9%2B%3F%23"
+    )
+    assert gate.tokens == [None, token]
+    assert sent(page, "join") == [{"room_id": "w"}, {"room_id": "by-url"}]
 
 
 # Records the client's disconnected events from its creation on.

@@ -1,7 +1,10 @@
 // The demo video room: camera preview, one tile per remote peer, controls.
 // Room from the URL (?room=abc or #abc), else a new random one.
 // ?trickle=0 sends candidates inside the SDP instead of trickling them.
-// ?token=T is passed on to the server as /connect?token=T (a room token).
+// ?token=T or #token=T (a room token) is sent in the join payload, not on
+// the connect URL, and removed from the address bar and history at once, so
+// it is not bookmarked, shared or left in logs. A fragment with `token=` is
+// read as parameters (#token=T, #room=abc&token=T), never as the room.
 // ICE servers: the ones the server sends in `joined`, if any.
 
 import { SignalingClient, connectUrl } from "./signaling-client.js";
@@ -12,18 +15,34 @@ const micButton = $("toggle-mic");
 const cameraButton = $("toggle-camera");
 const leaveButton = $("leave");
 const params = new URLSearchParams(location.search);
+const fragment = new URLSearchParams(location.hash.slice(1));
+const fragmentHasToken = fragment.has("token");
+const token = params.get("token") || fragment.get("token") || null;
 // A remote tile that has shown no new frame for this long shows the peer's
 // placeholder instead of a black or frozen picture.
 const STALLED_MS = 1000;
 const COPIED_MS = 2000;
 
 function chooseRoom() {
-  const fromUrl = params.get("room") || decodeURIComponent(location.hash.slice(1));
-  if (fromUrl) return fromUrl;
-  const bytes = crypto.getRandomValues(new Uint8Array(6));
-  const room = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  params.set("room", room);
-  history.replaceState(null, "", `${location.pathname}?${params}`);
+  const fromHash = fragmentHasToken ? fragment.get("room") : decodeURIComponent(location.hash.slice(1));
+  let room = params.get("room") || fromHash;
+  if (!room) {
+    const bytes = crypto.getRandomValues(new Uint8Array(6));
+    room = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  // The address bar keeps the room but never the token: a fragment with a
+  // token goes, and its room (or a new random one) moves to ?room=.
+  let changed = params.has("token") || fragmentHasToken;
+  const hash = fragmentHasToken ? "" : location.hash;
+  if (!params.get("room") && !hash) {
+    params.set("room", room);
+    changed = true;
+  }
+  if (changed) {
+    params.delete("token");
+    const query = String(params) ? `?${params}` : "";
+    history.replaceState(null, "", `${location.pathname}${query}${hash}`);
+  }
   return room;
 }
 
@@ -163,9 +182,9 @@ async function main() {
   };
 
   const stream = await openCamera();
-  const url = connectUrl(location.href, { token: params.get("token") });
-  const client = new SignalingClient(url, {
+  const client = new SignalingClient(connectUrl(location.href), {
     room,
+    token,
     stream,
     trickle: params.get("trickle") !== "0",
   });

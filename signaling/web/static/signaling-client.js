@@ -49,6 +49,8 @@ export class SignalingClient extends EventTarget {
    * @param {string} url  ws:// or wss:// URL of the server's /connect.
    * @param {object} [options]
    * @param {string} [options.room]  Room to join as soon as connected.
+   * @param {string} [options.token]  Room token sent in every `join`
+   *   payload (the first and each rejoin after a reconnect); see `token`.
    * @param {MediaStream} [options.stream]  Local media sent to every peer.
    * @param {RTCConfiguration} [options.rtcConfig]  For every peer
    *   connection; with `iceServers` it overrides the server's ICE servers
@@ -74,6 +76,13 @@ export class SignalingClient extends EventTarget {
     this.minRetryDelay = options.minRetryDelay ?? 500;
     this.maxRetryDelay = options.maxRetryDelay ?? 10000;
     this._room = options.room ?? null;
+    /**
+     * The room token every `join` carries in its payload (null: none).
+     * Set a fresh one before it expires; the next join (a rejoin after a
+     * reconnect, say) sends it. Unlike `connectUrl(pageUrl, {token})`, it
+     * stays out of URLs, which servers and proxies log.
+     */
+    this.token = options.token ?? null;
     this._id = null;
     this._ws = null;
     this._peers = new Map();
@@ -160,7 +169,7 @@ export class SignalingClient extends EventTarget {
   join(room) {
     if (this._room !== null) this.leave();
     this._room = room;
-    if (this._id !== null) this._send("join", { room_id: room });
+    if (this._id !== null) this._sendJoin();
   }
 
   /** Leave the room and hang up on every peer; the socket stays open. */
@@ -190,6 +199,12 @@ export class SignalingClient extends EventTarget {
   _send(type, payload) {
     const ws = this._ws;
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type, payload }));
+  }
+
+  _sendJoin() {
+    const payload = { room_id: this._room };
+    if (this.token) payload.token = this.token;
+    this._send("join", payload);
   }
 
   _onSocketClose(ws, event, opened) {
@@ -226,7 +241,7 @@ export class SignalingClient extends EventTarget {
       case "notify-client-id":
         this._id = payload.client_id;
         this._emit("open", { id: this._id });
-        if (this._room !== null) this._send("join", { room_id: this._room });
+        if (this._room !== null) this._sendJoin();
         break;
       case "joined":
         // Before any peer connection of this room is made.
@@ -419,7 +434,8 @@ export class SignalingClient extends EventTarget {
 /**
  * The /connect URL of the server that served `pageUrl` (ws: or wss:), with
  * `?token=` (URL-encoded) when `options.token` is given: the room token the
- * server checks at `join` when the join payload has none.
+ * server checks at `join` when the join payload has none. The client's
+ * `token` option is the more private way: a URL ends up in logs.
  */
 export function connectUrl(pageUrl = location.href, options = {}) {
   const url = new URL("connect", pageUrl);
