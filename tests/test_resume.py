@@ -18,6 +18,7 @@ from signaling.core.session import State
 
 from .conftest import Client, RunningServer, on_reactor, wait_for
 from .rawws import RawWebSocket
+from .test_observability import scrape
 
 GRACE = 15.0
 
@@ -214,3 +215,29 @@ def test_a_thousand_drops_that_expire_leave_nothing(
         while True:
             message: dict[str, Any] = peer.recv(0.2)
             assert message["type"] in ("new-client", "leave-client")
+
+
+def test_metrics_count_away_resumed_and_expired(srv: RunningServer, clock: Clock) -> None:
+    def figures() -> tuple[float, ...]:
+        samples = scrape(srv.port)
+        return tuple(
+            samples[(name, ())]
+            for name in (
+                "signaling_sessions_away",
+                "signaling_sessions_resumed_total",
+                "signaling_sessions_expired_total",
+                "signaling_connections_open",
+            )
+        )
+
+    a, _ = pair(srv)
+    c = opted_in(srv)
+    assert figures() == (0, 0, 0, 3)
+    a.reset()
+    c.reset()
+    assert wait_for(lambda: on_reactor(lambda: srv.hub.sessions_away) == 2)
+    assert figures() == (2, 0, 0, 3)
+    with resuming(srv, a.hello["resume_token"], 2):
+        assert figures() == (1, 1, 0, 3)
+        on_reactor(clock.advance, GRACE)
+        assert figures() == (0, 1, 1, 2)
