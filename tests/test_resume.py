@@ -241,3 +241,49 @@ def test_metrics_count_away_resumed_and_expired(srv: RunningServer, clock: Clock
         assert figures() == (1, 1, 0, 3)
         on_reactor(clock.advance, GRACE)
         assert figures() == (0, 1, 1, 2)
+
+
+def test_with_redis_a_resume_works_on_the_same_process_only(
+    run_twistd: Callable[..., Any], shared_rooms: tuple[str, ...]
+) -> None:
+    def start() -> Any:
+        return run_twistd(
+            *("--interface", "127.0.0.1", "--port", "0", "--resume-grace", "30"),
+            *shared_rooms,
+        )
+
+    one, two = start(), start()
+    a = RawWebSocket(one.port, target="/connect?resume=1")
+    a.send("join", {"room_id": "r"})
+    assert a.recv_json()["type"] == "joined"
+    b = RawWebSocket(two.port)
+    b.send("join", {"room_id": "r"})
+    assert b.recv_json()["payload"]["clients"] == [a.id]
+    assert a.recv_json()["type"] == "new-client"  # seq 2
+    token = a.hello["resume_token"]
+    a.reset()
+    b.send("offer", {"client_id": a.id, "sdp": "across processes, during the gap"})
+    # On the other process: not known there.
+    with RawWebSocket(two.port, target=f"/connect?resume_token={token}&last_seq=2") as elsewhere:
+        assert [m["payload"]["code"] for m in elsewhere.before] == ["resume_failed"]
+        assert elsewhere.id != a.id
+    # The token was not spent by that: on its own process the resume works.
+    with RawWebSocket(one.port, target=f"/connect?resume_token={token}&last_seq=2") as again:
+        assert again.id == a.id and again.hello["resumed"] is True
+        offer = again.recv_json()
+        assert (offer["seq"], offer["payload"]["sdp"]) == (3, "across processes, during the gap")
+        again.send("answer", {"client_id": b.id, "sdp": "back"})
+        assert b.recv_json()["type"] == "answer"
+    b.close()
+
+
+def test_no_answer_to_pings_is_away(srv: RunningServer, clock: Clock) -> None:
+    a, b = pair(srv)  # the raw client never answers a ping
+    with a:
+        on_reactor(clock.advance, 20)  # --ping-interval: pinged
+        on_reactor(clock.advance, 20)  # --ping-timeout: dropped
+        assert state_of(srv, a.id) is State.AWAY
+        assert a.is_closed_by_peer()
+    with resuming(srv, a.hello["resume_token"], 2) as again:
+        assert again.id == a.id
+    assert silent(b)
