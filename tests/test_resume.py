@@ -15,6 +15,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from signaling.core.session import State
+from signaling.wire.compat import NO_FAST_PATHS, FastPaths
 
 from .conftest import Client, RunningServer, on_reactor, wait_for
 from .rawws import RawWebSocket
@@ -287,3 +288,21 @@ def test_no_answer_to_pings_is_away(srv: RunningServer, clock: Clock) -> None:
     with resuming(srv, a.hello["resume_token"], 2) as again:
         assert again.id == a.id
     assert silent(b)
+
+
+@pytest.mark.parametrize("paths", [NO_FAST_PATHS, FastPaths(write=False)], ids=["none", "no-write"])
+def test_resume_without_the_fast_paths(srv: RunningServer, paths: FastPaths) -> None:
+    srv.factory.fast_paths = paths
+    a, b = pair(srv)
+    a.reset()
+    assert wait_for(lambda: state_of(srv, a.id) is State.AWAY)
+    b.offer(a.id, "gap")
+    with resuming(srv, a.hello["resume_token"], 2) as again:
+        assert again.id == a.id
+        assert again.recv_json() == {
+            "seq": 3,
+            "type": "offer",
+            "payload": {"client_id": b.id, "sdp": "gap"},
+        }
+    with resuming(srv, "no-such-token", 0) as fresh:
+        assert [m["payload"]["code"] for m in fresh.before] == ["resume_failed"]
