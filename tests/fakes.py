@@ -81,7 +81,7 @@ class FakeWire:
         if self.open:
             self.open = False
             if self.session is not None:
-                self.session.closing()
+                self.session.closing(self)
 
     @property
     def frames(self) -> list[Any]:

@@ -46,6 +46,7 @@ class RawWebSocket:
         host: str = "127.0.0.1",
         rcvbuf: int | None = None,
         tls: ssl.SSLContext | None = None,
+        target: str = "/connect",
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
@@ -57,7 +58,7 @@ class RawWebSocket:
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             (
-                f"GET /connect HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
@@ -72,8 +73,14 @@ class RawWebSocket:
         status = head.split(b"\r\n", 1)[0]
         if b" 101 " not in status:
             raise ConnectionError(status.decode())
+        #: What came before ``notify-client-id`` (a failed resume's error).
+        self.before: list[dict[str, Any]] = []
         hello = self.recv_json()
-        assert hello["type"] == "notify-client-id", hello
+        while hello["type"] != "notify-client-id":
+            self.before.append(hello)
+            hello = self.recv_json()
+        #: The ``notify-client-id`` payload.
+        self.hello: dict[str, Any] = hello["payload"]
         self.id: str = hello["payload"]["client_id"]
 
     def send_text(self, text: str) -> None:
@@ -130,6 +137,15 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+    def reset(self) -> None:
+        """End the TCP connection with a reset: no close frame, no FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def send_close(self, code: int) -> None:
+        """Send a close frame with ``code``."""
+        self.sock.sendall(client_frame(struct.pack("!H", code), opcode=8))
 
     def __enter__(self) -> RawWebSocket:
         return self

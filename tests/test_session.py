@@ -19,6 +19,8 @@ from twisted.internet.task import Clock
 from signaling.core import messages
 from signaling.core.hub import Hub
 from signaling.core.limits import Limits
+from signaling.core.resume import ResumableSession
+from signaling.core.resume import connect as resume_connect
 from signaling.core.rooms import AlreadyInRoom, Joined, LocalRooms, RoomFull, Rooms, TooManyRooms
 from signaling.core.session import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY, Session, State
 
@@ -1016,3 +1018,255 @@ def told_of(client: Client) -> list[str]:
         elif frame["type"] == "leave-client":
             view.remove(other)
     return view
+
+
+# --------------------------------------------------------------------------
+# resuming (signaling.core.resume): away, taken over, expired
+# --------------------------------------------------------------------------
+
+GRACE = 15.0
+
+
+def resumable(hub: Hub, client_id: str, limit_key: str = "192.0.2.1") -> Client:
+    """A client that connected with ``?resume=1``."""
+    client = Client.__new__(Client)
+    client.hub = hub
+    client.client_id = client_id
+    client.wire = FakeWire()
+    client.session = ResumableSession(
+        hub, client.wire, client_id, f"tcp4:{limit_key}:4000", limit_key
+    )
+    client.wire.session = client.session
+    client.welcome = json.loads(client.session.open())
+    return client
+
+
+def drop(client: Client) -> None:
+    """The connection ends without a closing handshake, as the protocol
+    reports it."""
+    wire = client.wire
+    wire.open = False
+    client.session.lost(wire)
+    client.session.closed(wire)
+
+
+def resume(hub: Hub, token: str, last_seq: int | str | None, limit_key: str = "192.0.2.9") -> Any:
+    """A new connection with ``?resume_token=&last_seq=``: (session, frames, wire)."""
+    wire = FakeWire()
+    session, frames = resume_connect(
+        hub,
+        wire,
+        lambda: "fresh",
+        f"tcp4:{limit_key}:4000",
+        limit_key,
+        None,
+        resume=False,
+        token=token,
+        last_seq=None if last_seq is None else str(last_seq),
+    )
+    wire.session = session
+    return session, [json.loads(f) for f in frames], wire
+
+
+@pytest.fixture
+def rhub(clock: Clock) -> Hub:
+    return make_hub(clock, resume_grace=GRACE)
+
+
+def resumable_pair(hub: Hub) -> tuple[Client, Client]:
+    """``a`` (resumable) and ``b`` (not) in room r, their frames taken."""
+    a = resumable(hub, "a")
+    b = Client(hub, "b")
+    a.join("r")
+    b.join("r")
+    a.take()
+    b.take()
+    return a, b
+
+
+def test_opted_in_frames_are_numbered_and_kept(rhub: Hub) -> None:
+    a = resumable(rhub, "a")
+    token = a.welcome["payload"]["resume_token"]
+    assert a.welcome == {
+        "type": "notify-client-id",
+        "payload": {"client_id": "a", "resume_token": token, "resumed": False},
+    }
+    assert len(token) >= 32 and rhub.resume_tokens == {token: a.session}
+    a.join("r")
+    a.send("leave")
+    a.send("leave")
+    frames = a.take()
+    assert [f.get("seq") for f in frames] == [1, 2]
+    assert frames[0] == {"seq": 1, **joined("r")}
+    assert [seq for seq, _ in a.session.replay.frames] == [1, 2]
+
+
+def test_a_drop_in_a_room_is_away_not_a_leave(rhub: Hub, clock: Clock) -> None:
+    a, b = resumable_pair(rhub)
+    drop(a)
+    assert a.state is State.AWAY
+    assert rhub.sessions_away == 1
+    assert member_ids(rhub, "r") == ["a", "b"]
+    assert b.take() == []
+    # Frames for it are kept while away.
+    b.relay("offer", "a", "sdp-during-gap")
+    assert b.take() == []
+    clock.advance(GRACE - 0.1)
+    assert a.state is State.AWAY and b.take() == []
+
+
+def test_take_over_replays_after_last_seq(rhub: Hub, clock: Clock) -> None:
+    a, b = resumable_pair(rhub)  # a got joined (seq 1) and new-client b (seq 2)
+    token = a.welcome["payload"]["resume_token"]
+    b.relay("offer", "a", "before-drop")  # seq 3: written, perhaps never read
+    drop(a)
+    b.relay("candidate", "a", {"c": 1})  # seq 4: while away
+    clock.advance(5)
+    session, frames, wire = resume(rhub, token, 2)
+    assert session is a.session and session.wire is wire
+    assert frames[0]["type"] == "notify-client-id"
+    new_token = frames[0]["payload"]["resume_token"]
+    assert frames[0]["payload"] == {"client_id": "a", "resume_token": new_token, "resumed": True}
+    assert "seq" not in frames[0]
+    assert [(f["seq"], f["type"]) for f in frames[1:]] == [(3, "offer"), (4, "candidate")]
+    assert frames[1]["payload"]["sdp"] == "before-drop"
+    assert rhub.resume_tokens == {new_token: session}
+    assert session.state is State.IN_ROOM and rhub.sessions_away == 0
+    assert rhub.stats.sessions_resumed == 1
+    # Normal traffic continues the numbering; the grace timer is gone.
+    b.relay("answer", "a")
+    assert [(f["seq"], f["type"]) for f in wire.take()] == [(5, "answer")]
+    clock.advance(GRACE * 2)
+    assert session.state is State.IN_ROOM and b.take() == []
+    assert rhub.address_counts == Counter({"192.0.2.1": 1, "192.0.2.9": 1})
+    # The old token is spent.
+    _, refused, _ = resume(rhub, token, 0)
+    assert refused[0]["payload"]["code"] == messages.RESUME_FAILED
+    assert refused[1]["payload"] == {"client_id": "fresh", "resumed": False}
+
+
+def test_grace_over_ends_as_a_disconnect(rhub: Hub, clock: Clock) -> None:
+    a, b = resumable_pair(rhub)
+    token = a.welcome["payload"]["resume_token"]
+    drop(a)
+    clock.advance(GRACE)
+    assert b.take() == [leave_client("a")]
+    assert a.state is State.CLOSED
+    assert "a" not in rhub.sessions and rhub.resume_tokens == {}
+    assert rhub.sessions_away == 0 and rhub.stats.sessions_expired == 1
+    _, frames, _wire = resume(rhub, token, 2)
+    assert [f["type"] for f in frames] == ["error", "notify-client-id"]
+    assert frames[0]["payload"]["code"] == messages.RESUME_FAILED
+    assert frames[1]["payload"]["client_id"] == "fresh"
+
+
+def test_too_much_kept_while_away_ends_it(clock: Clock) -> None:
+    hub = make_hub(clock, resume_grace=GRACE, max_send_buffer=600)
+    a, b = resumable_pair(hub)
+    b.relay("offer", "a", "x" * 200)  # before the drop: may be dropped from the buffer
+    drop(a)
+    b.relay("offer", "a", "x" * 300)
+    assert a.state is State.AWAY
+    b.relay("offer", "a", "x" * 300)  # past the bound with frames it never saw
+    assert a.state is State.AWAY  # not inside the delivery
+    clock.advance(0)
+    assert a.state is State.CLOSED and b.take() == [leave_client("a")]
+    assert hub.resume_tokens == {} and hub.sessions_away == 0
+
+
+def test_last_seq_older_than_kept_fails(clock: Clock) -> None:
+    hub = make_hub(clock, resume_grace=GRACE, max_send_buffer=300)
+    a, b = resumable_pair(hub)
+    token = a.welcome["payload"]["resume_token"]
+    for _ in range(3):
+        b.relay("offer", "a", "x" * 150)  # seqs 3 to 5; 3 is dropped
+    drop(a)
+    _, frames, _ = resume(hub, token, 2)
+    assert frames[0]["payload"]["code"] == messages.RESUME_FAILED
+    # The token is spent; the old session stays away until its grace ends.
+    assert a.state is State.AWAY and hub.resume_tokens == {}
+    clock.advance(GRACE)
+    assert leave_client("a") in b.take()
+
+
+@pytest.mark.parametrize("last_seq", ["-1", "x", "99"])
+def test_a_malformed_or_future_last_seq_fails(rhub: Hub, last_seq: str) -> None:
+    a, _ = resumable_pair(rhub)
+    drop(a)
+    _, frames, _ = resume(rhub, a.welcome["payload"]["resume_token"], last_seq)
+    assert frames[0]["payload"]["code"] == messages.RESUME_FAILED
+
+
+def test_taking_over_a_connected_session_closes_the_older_connection(rhub: Hub) -> None:
+    a, b = resumable_pair(rhub)
+    session, _frames, wire = resume(rhub, a.welcome["payload"]["resume_token"], 2)
+    assert session is a.session
+    assert a.wire.closes == [(4003, "resumed elsewhere", None)]
+    # The older connection's end does not end the session.
+    a.session.lost(a.wire)
+    a.session.closed(a.wire)
+    assert session.state is State.IN_ROOM and session.wire is wire
+    assert b.take() == []
+    b.relay("offer", "a")
+    assert [f["type"] for f in wire.take()] == ["offer"]
+
+
+def test_a_clean_close_ends_at_once(rhub: Hub) -> None:
+    a, b = resumable_pair(rhub)
+    a.wire.close(1000, "bye")
+    a.session.closed(a.wire)
+    assert b.take() == [leave_client("a")]
+    assert rhub.sessions == {"b": b.session} and rhub.resume_tokens == {}
+
+
+def test_a_drop_while_joining_ends(clock: Clock, held: HeldRooms) -> None:
+    hub = make_hub(clock, rooms=held, resume_grace=GRACE)
+    a = resumable(hub, "a")
+    a.join("r")
+    drop(a)
+    assert a.state is State.CLOSED and hub.resume_tokens == {}
+
+
+def test_away_in_the_lobby_gets_its_join_timer_back(clock: Clock) -> None:
+    hub = make_hub(clock, resume_grace=TIMEOUT * 2)
+    a = resumable(hub, "a")
+    drop(a)
+    clock.advance(TIMEOUT + 1)  # the join timer does not run while away
+    assert a.state is State.AWAY
+    session, _, wire = resume(hub, a.welcome["payload"]["resume_token"], 0)
+    assert session.state is State.LOBBY
+    clock.advance(TIMEOUT)
+    assert wire.frames[-1]["payload"]["code"] == messages.JOIN_TIMEOUT
+
+
+def test_admin_close_of_an_away_session_ends_it(rhub: Hub) -> None:
+    a, b = resumable_pair(rhub)
+    drop(a)
+    a.session.close(1001, "going away")
+    assert b.take() == [leave_client("a")] and "a" not in rhub.sessions
+
+
+def test_resume_off_ignores_resume(clock: Clock) -> None:
+    hub = make_hub(clock, resume_grace=0)
+    wire = FakeWire()
+    session, frames = resume_connect(
+        hub, wire, lambda: "n", "unix", None, None, resume=True, token=None, last_seq=None
+    )
+    assert type(session) is Session
+    assert [json.loads(f) for f in frames] == [
+        {"type": "notify-client-id", "payload": {"client_id": "n"}}
+    ]
+
+
+def test_a_thousand_drops_that_expire_leave_nothing(rhub: Hub, clock: Clock) -> None:
+    b = Client(rhub, "b")
+    b.join("r")
+    for i in range(1000):
+        c = resumable(rhub, f"c{i}")
+        c.join("r" if i % 2 else f"room{i}")
+        drop(c)
+    assert rhub.sessions_away == 1000
+    clock.advance(GRACE)
+    assert rhub.sessions == {"b": b.session}
+    assert rhub.resume_tokens == {} and rhub.sessions_away == 0
+    assert rhub.rooms.room_count == 1

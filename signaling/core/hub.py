@@ -24,7 +24,9 @@ class Hub:
 
     ``rooms`` is where sessions meet (:class:`~signaling.core.rooms.LocalRooms`
     unless given); ``sessions`` maps the id of every open connection, in a
-    room or not, to its :class:`~signaling.core.session.Session`;
+    room or not, to its :class:`~signaling.core.session.Session` (and of
+    every session away, waiting for a resume: it holds memory, so the
+    connection limits count it);
     ``address_counts`` counts them by what ``--max-connections-per-address``
     limits; ``draining`` is set while the server shuts down (new handshakes
     are refused); ``closed_messages_*`` keep the totals of closed
@@ -53,6 +55,10 @@ class Hub:
         self.origins = OriginPolicy(limits.allowed_origins)
         self.sessions: dict[str, Session] = {}
         self.address_counts: Counter[str] = Counter()
+        #: The resume token of each session that may resume (single use).
+        self.resume_tokens: dict[str, Session] = {}
+        #: Sessions in ``sessions`` whose connection dropped (state AWAY).
+        self.sessions_away = 0
         self.started_at = clock.seconds()
         self.closed_messages_in = 0
         self.closed_messages_out = 0

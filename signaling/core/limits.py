@@ -119,6 +119,12 @@ class Limits:
     join_timeout: float = _option(
         30.0, parse_seconds, "Seconds a connection may stay open without being in a room."
     )
+    resume_grace: float = _option(
+        15.0,
+        parse_seconds,
+        "Seconds a client that connected with ?resume=1 keeps its id, room and "
+        "frames after its connection drops; 0 turns resuming off.",
+    )
     handshake_timeout: float = _option(
         10.0,
         parse_seconds,

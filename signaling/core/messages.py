@@ -29,6 +29,7 @@ RATE_LIMITED = "rate_limited"
 JOIN_TIMEOUT = "join_timeout"
 UNAVAILABLE = "unavailable"
 UNAUTHORIZED = "unauthorized"
+RESUME_FAILED = "resume_failed"
 
 ERROR_CODES = frozenset(
     {
@@ -46,6 +47,7 @@ ERROR_CODES = frozenset(
         JOIN_TIMEOUT,
         UNAVAILABLE,
         UNAUTHORIZED,
+        RESUME_FAILED,
     }
 )
 
@@ -205,8 +207,19 @@ def encode(kind: str, payload: dict[str, Any]) -> bytes:
     return orjson.dumps({"type": kind, "payload": payload})
 
 
-def notify_client_id(client_id: str) -> bytes:
-    return encode("notify-client-id", {"client_id": client_id})
+def notify_client_id(
+    client_id: str, resume_token: str | None = None, resumed: bool | None = None
+) -> bytes:
+    """The client's id; with ``resume_token`` (``?resume=1``), and
+    ``resumed`` when the client asked to resume."""
+    if resume_token is None and resumed is None:
+        return encode("notify-client-id", {"client_id": client_id})
+    payload: dict[str, Any] = {"client_id": client_id}
+    if resume_token is not None:
+        payload["resume_token"] = resume_token
+    if resumed is not None:
+        payload["resumed"] = resumed
+    return encode("notify-client-id", payload)
 
 
 def new_client(client_id: str, identity: Mapping[str, Any] | None = None) -> bytes:

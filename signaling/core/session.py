@@ -16,6 +16,10 @@ candidate                                              unknown_client
 invalid        error (its code)    error               error           ignored
 =============  ==================  ==================  ==============  =======
 
+A session opened with ``?resume=1`` (:mod:`signaling.core.resume`) whose
+connection drops in lobby or in_room is *away* (no connection, so no
+messages) until a new connection takes it over or its grace ends.
+
 When rooms span processes (Redis) and their store cannot be reached, a join
 and a relay to a member on another process get ``unavailable`` instead.
 
@@ -78,7 +82,7 @@ class _NoWire:
         pass
 
 
-_NO_WIRE = _NoWire()
+NO_WIRE = _NoWire()
 
 
 class State(enum.Enum):
@@ -89,11 +93,14 @@ class State(enum.Enum):
     IN_ROOM = "in_room"
     CLOSING = "closing"  #: the connection is ending; input is ignored
     CLOSED = "closed"  #: gone from the hub
+    #: Its connection dropped; it keeps its place (and its frames) for a
+    #: resume within ``--resume-grace`` (see signaling.core.resume).
+    AWAY = "away"
 
 
 # Module-level names: looking a member up on an Enum class is several times
 # slower than a global, and receive() compares twice per message.
-LOBBY, JOINING, IN_ROOM, CLOSING, CLOSED = State
+LOBBY, JOINING, IN_ROOM, CLOSING, CLOSED, AWAY = State
 
 
 class Session:
@@ -167,9 +174,15 @@ class Session:
         self.messages_out += 1
         return messages.notify_client_id(self.client_id)
 
-    def closing(self) -> None:
+    def closing(self, wire: Wire | None = None) -> None:
         """The connection is leaving OPEN (any close, either side): the room
-        hears ``leave-client`` now, not when TCP finally closes."""
+        hears ``leave-client`` now, not when TCP finally closes.
+
+        ``wire``, when given, is the connection that is ending: nothing
+        happens unless it is still this session's (a resumed session's old
+        connection ends without ending it)."""
+        if wire is not None and wire is not self.wire:
+            return
         if self.state is CLOSING or self.state is CLOSED:
             return
         previous, self.state = self.state, CLOSING
@@ -180,12 +193,20 @@ class Session:
             # the rooms ever answer it.
             self._end_grant()
 
-    def closed(self) -> None:
+    def lost(self, wire: Wire) -> None:
+        """``wire`` ended without a closing handshake (TCP dropped, no answer
+        to pings) or with the client's 1001: a session that may resume
+        (signaling.core.resume) goes away; any other closes."""
+        self.closing(wire)
+
+    def closed(self, wire: Wire | None = None) -> None:
         """The connection is gone: forget the session, and let go of the
         connection (the two refer to each other; a cycle would keep both in
-        memory until a full collection)."""
+        memory until a full collection). ``wire`` as for :meth:`closing`."""
+        if wire is not None and wire is not self.wire:
+            return
         self.closing()
-        self.wire = _NO_WIRE
+        self.wire = NO_WIRE
         if self.state is CLOSED:
             return
         self.state = CLOSED

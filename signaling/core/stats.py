@@ -39,6 +39,10 @@ class Stats:
         self.bytes_out = 0
         self.slow_consumers = 0
         self.keepalive_timeouts = 0
+        #: Sessions taken over by a new connection (``?resume_token=``).
+        self.sessions_resumed = 0
+        #: Away sessions that ended unresumed (grace over, or too much kept).
+        self.sessions_expired = 0
         self.tls_failures = 0
         self.refused_handshakes: Counter[int] = Counter()
         #: Requests with X-Forwarded-For or Forwarded while --trust-proxy is 0.

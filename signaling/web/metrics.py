@@ -109,6 +109,21 @@ class SignalingCollector(Collector):
             "Connections dropped for not answering a ping in time.",
             stats.keepalive_timeouts,
         )
+        yield GaugeMetricFamily(
+            "signaling_sessions_away",
+            "Sessions whose connection dropped, kept for a resume (?resume=1).",
+            hub.sessions_away,
+        )
+        yield CounterMetricFamily(
+            "signaling_sessions_resumed",
+            "Sessions taken over by a new connection with their resume token.",
+            stats.sessions_resumed,
+        )
+        yield CounterMetricFamily(
+            "signaling_sessions_expired",
+            "Away sessions that ended unresumed (grace over, or too much to keep).",
+            stats.sessions_expired,
+        )
         yield CounterMetricFamily(
             "signaling_tls_failures",
             "TLS connections that failed before a WebSocket opened: failed TLS "

@@ -28,6 +28,7 @@ from signaling.core.clock import cancel
 from signaling.core.hub import Hub
 from signaling.core.ids import new_client_id
 from signaling.core.limits import Limits
+from signaling.core.resume import connect as resume_session
 from signaling.core.rooms import Rooms
 from signaling.core.session import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY, Session
 from signaling.logs import LogBudget, ServerLogger
@@ -131,6 +132,9 @@ class SignalingProtocol(WebSocketServerProtocol):
     #: ``?token=`` of the connect URL, for the session (then dropped).
     _url_token: str | None = None
     _handshake_deadline: IDelayedCall | None = None
+    #: (``?resume=1``, ``resume_token``, ``last_seq``) of the connect URL,
+    #: if it has either of the first two (see signaling.core.resume).
+    _resume: tuple[bool, str | None, str | None] | None = None
 
     @property
     def client_address(self) -> str:
@@ -189,7 +193,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             compat.connection_lost_unopened(self, reason)
         else:
             super().connectionLost(reason)  # onClose ends the session
-            self.session.closed()  # (at once, should onClose not have run)
+            self.session.closed(self)  # (at once, should onClose not have run)
         # Autobahn's is_closed holds this protocol in a reference cycle.
         compat.release_closed(self)
 
@@ -372,16 +376,26 @@ class SignalingProtocol(WebSocketServerProtocol):
         elif "x-forwarded-for" in headers or "forwarded" in headers:
             factory.untrusted_forwarding()
         hub = factory.hub
+        params = request.params
         if hub.gate is not None:
-            tokens = request.params.get("token")
+            tokens = params.get("token")
             if tokens:
                 self._url_token = tokens[0]
+        resume_token = None
+        if "resume" in params or "resume_token" in params:
+            resume_token = params.get("resume_token", [None])[0]
+            self._resume = (
+                params.get("resume", [""])[0] == "1",
+                resume_token,
+                params.get("last_seq", [None])[0],
+            )
         if hub.draining:
             self._refuse(503, "server is shutting down")
         if not hub.origins.allows(request.headers.get("origin")):
             self._refuse(403, "origin not allowed")
         refusal = hub.refusal(self.limit_key)
-        if refusal is not None:
+        # A resume takes the place of the session it resumes (counted still).
+        if refusal is not None and resume_token not in hub.resume_tokens:
             self._refuse(503, refusal)
 
     def _refuse(self, status: int, reason: str) -> None:
@@ -391,9 +405,27 @@ class SignalingProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         factory = self.factory
         factory.admission.release(cast(ITransport, self.transport))
-        self.session = session = Session(
-            factory.hub, self, new_client_id(), self.peer or "", self.limit_key, self._url_token
-        )
+        resume = self._resume
+        if resume is None:
+            self.session = session = Session(
+                factory.hub, self, new_client_id(), self.peer or "", self.limit_key, self._url_token
+            )
+            welcome = b""
+        else:
+            self._resume = None
+            self.session, first = resume_session(
+                factory.hub,
+                self,
+                new_client_id,
+                self.peer or "",
+                self.limit_key,
+                self._url_token,
+                resume=resume[0],
+                token=resume[1],
+                last_seq=resume[2],
+            )
+            session = self.session
+            welcome = b"".join(map(text_frame, first))
         self._url_token = None
         limits = factory.limits
         # Be the transport's producer, so pauseProducing tells us the client
@@ -407,12 +439,22 @@ class SignalingProtocol(WebSocketServerProtocol):
         # Memory an idle connection need not keep: the raw handshake texts,
         # and the UTF-8 validator that parse() makes redundant.
         compat.free_handshake_state(self)
-        welcome = session.open()
+        if resume is None:
+            welcome = session.open()
         if limits.ping_interval > 0:
             self._keepalive = factory.clock.callLater(limits.ping_interval, self._send_keepalive)
         _log.debug("connect {client_id} from {peer}", client_id=session.client_id, peer=self.peer)
         greeting, self._greeting = self._greeting, b""
-        if fast_write:
+        if resume is not None:
+            # The frames of a resume (or its refusal), already framed.
+            factory.hub.stats.bytes_out += len(welcome)
+            if fast_write:
+                self._write(greeting + welcome)
+            else:
+                if greeting:
+                    transport.write(greeting)
+                self.sendData(welcome)
+        elif fast_write:
             # The 101 response and the client's id leave in one send.
             factory.hub.stats.bytes_out += len(welcome)
             self._write(greeting + text_frame(welcome))
@@ -535,7 +577,10 @@ class SignalingProtocol(WebSocketServerProtocol):
         if session is None:
             return  # the opening handshake never completed
         cancel(self._keepalive)
-        session.closed()
+        # Nothing closed it (no close frame either way, no drop of ours):
+        # the connection was lost, and a session that may resume goes away.
+        session.lost(self)
+        session.closed(self)
         _log.debug(
             "disconnect {client_id} code={code} reason={reason!r} clean={clean}",
             client_id=session.client_id,
@@ -560,6 +605,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             else:
                 reason = None if reasonRaw is None else reasonRaw.decode()
                 compat.record_peer_close(self, code, reason)
+                if code == self.CLOSE_STATUS_CODE_GOING_AWAY and self.session is not None:
+                    self.session.lost(self)  # the client expects to come back
                 self.sendCloseFrame(code=self.CLOSE_STATUS_CODE_NORMAL, isReply=True)
         elif self.state == self.STATE_CLOSING:
             # The answer to our close, or the frame that made Autobahn fail
@@ -611,7 +658,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         cancel(self._keepalive)
         self._keepalive = None
         if self.session is not None:
-            self.session.closing()
+            self.session.closing(self)
         if self.state == self.STATE_CLOSED:  # dropped already: at most harder
             if abort:
                 transport.abortConnection()
@@ -682,7 +729,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         # errors, the shutdown, the client's own close): the room hears
         # leave-client now, not when TCP finally closes.
         if self.session is not None:
-            self.session.closing()
+            self.session.closing(self)
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
 
     # -- backpressure ------------------------------------------------------------
@@ -760,6 +807,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         if hub.log_budget.allow("keepalive timeout"):
             _log.info("keepalive timeout {client_id}", client_id=self.client_id)
         compat.mark_unclean(self, "no answer to a keepalive ping")
+        if session is not None:
+            session.lost(self)  # a half-open connection: it may resume
         self._drop_quietly(abort=True)  # the line above says it; no warning too
 
     # -- IPushProducer: the transport tells us when the client lags ---------

@@ -1,0 +1,295 @@
+"""Resuming a session after a network blip (``/connect?resume=1``).
+
+A client that connects with ``?resume=1`` (and ``--resume-grace`` above 0)
+gets a :class:`ResumableSession`: its ``notify-client-id`` carries a
+``resume_token``, every frame after it a top-level ``seq`` (1, 2, 3, ...),
+and the frames sent are kept, with their seq, in a :class:`ReplayBuffer`
+bounded by ``--max-send-buffer`` (oldest dropped first).
+
+When its connection ends without a closing handshake (TCP dropped, no
+answer to pings) or with the client's 1001, a session in the lobby or in a
+room goes AWAY: it stays in its room (no ``leave-client``), what the room
+sends it is kept, and after ``--resume-grace`` seconds it ends as a
+disconnect does. A clean close or ``leave`` ends it as usual.
+
+``/connect?resume_token=T&last_seq=N`` (:func:`connect`) takes the session
+of T over, away or still connected (then the older connection is closed
+with 4003): ``notify-client-id`` with the same id, a new token and
+``"resumed": true``, then every kept frame with seq > N, in order. A token
+is used once; an unknown one, or an N older than what is kept, gets
+``resume_failed`` and a fresh session.
+
+Only this process knows its tokens: with rooms across processes (Redis), a
+resume works on the process the client was connected to.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable
+
+from signaling.core import messages
+from signaling.core.clock import DelayedCall, cancel
+from signaling.core.hub import Hub
+from signaling.core.session import AWAY, IN_ROOM, LOBBY, NO_WIRE, Session, Wire
+
+#: Close code of a connection whose session a newer one took over.
+CLOSE_RESUMED_ELSEWHERE = 4003
+#: What a replay buffer keeps when --max-send-buffer is 0 (no limit there).
+DEFAULT_REPLAY_BYTES = 1024 * 1024
+
+
+def new_token() -> str:
+    """An unguessable resume token (192 bits)."""
+    return secrets.token_urlsafe(24)
+
+
+class ReplayBuffer:
+    """The frames sent to one session, with their seq, oldest first, at
+    most ``limit`` bytes of them (beyond it the oldest are dropped)."""
+
+    __slots__ = ("frames", "limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.frames: deque[tuple[int, bytes]] = deque()
+        self.limit = limit
+        self.size = 0
+
+    def add(self, seq: int, frame: bytes, keep_from: int) -> bool:
+        """Keep ``frame``; drop the oldest frames while over the limit, but
+        none with a seq of ``keep_from`` or more. False if still over."""
+        frames = self.frames
+        frames.append((seq, frame))
+        self.size += len(frame)
+        while self.size > self.limit and frames[0][0] < keep_from:
+            self.size -= len(frames.popleft()[1])
+        return self.size <= self.limit
+
+    def since(self, last_seq: int, seq: int) -> list[bytes] | None:
+        """The frames after ``last_seq`` (``seq`` is the last one sent), or
+        None if one of them was dropped or ``last_seq`` was never sent."""
+        frames = self.frames
+        first = frames[0][0] if frames else seq + 1
+        if last_seq > seq or last_seq < first - 1:
+            return None
+        return [frame for s, frame in frames if s > last_seq]
+
+
+class ResumableSession(Session):
+    """A session opened with ``?resume=1``: numbers and keeps its frames,
+    and may go away and be taken over by a new connection."""
+
+    __slots__ = ("_away_seq", "_away_timer", "_before_away", "_ending", "replay", "seq", "token")
+
+    def __init__(
+        self,
+        hub: Hub,
+        wire: Wire,
+        client_id: str,
+        address: str,
+        limit_key: str | None,
+        url_token: str | None = None,
+    ) -> None:
+        super().__init__(hub, wire, client_id, address, limit_key, url_token)
+        #: The seq of the last frame sent (or kept, while away).
+        self.seq = 0
+        self.replay = ReplayBuffer(hub.limits.max_send_buffer or DEFAULT_REPLAY_BYTES)
+        #: The token that resumes this session (None once it ended).
+        self.token: str | None = None
+        self._away_timer: DelayedCall | None = None
+        self._away_seq = 0
+        self._before_away = LOBBY
+        self._ending = False
+
+    def open(self) -> bytes:
+        super().open()
+        return messages.notify_client_id(self.client_id, self._new_token(), resumed=False)
+
+    def _new_token(self) -> str:
+        tokens = self.hub.resume_tokens
+        if self.token is not None:
+            tokens.pop(self.token, None)
+        self.token = token = new_token()
+        tokens[token] = self
+        return token
+
+    # -- frames ------------------------------------------------------------------
+
+    def deliver(self, data: bytes) -> None:
+        self.seq = seq = self.seq + 1
+        # Every encoded message is a JSON object: the seq goes in front.
+        frame = b'{"seq":%d,' % seq + data[1:]
+        if self.state is AWAY:
+            if not self.replay.add(seq, frame, self._away_seq + 1) and not self._ending:
+                # More kept than --max-send-buffer: ends as a slow reader
+                # does. Not now: this runs inside a room's delivery.
+                self._ending = True
+                cancel(self._away_timer)
+                self._away_timer = self.hub.clock.callLater(0, self._expire)
+            return
+        self.replay.add(seq, frame, seq)
+        if self.wire.send_frame(frame):
+            self.messages_out += 1
+
+    # -- going away ------------------------------------------------------------------
+
+    def lost(self, wire: Wire) -> None:
+        if wire is not self.wire:
+            return
+        state = self.state
+        grace = self.hub.limits.resume_grace
+        if (state is not LOBBY and state is not IN_ROOM) or grace <= 0:
+            self.closing(wire)
+            return
+        hub = self.hub
+        self._before_away = state
+        self.state = AWAY
+        self.wire = NO_WIRE
+        self._cancel_join_timer()
+        self._away_seq = self.seq
+        hub.sessions_away += 1
+        self._away_timer = hub.clock.callLater(grace, self._expire)
+        hub.log.debug("away {client_id}", client_id=self.client_id)
+
+    def _expire(self) -> None:
+        self._away_timer = None
+        if self.state is AWAY:
+            self.hub.stats.sessions_expired += 1
+            self.hub.log.debug("resume grace over {client_id}", client_id=self.client_id)
+            self._end_away()
+
+    def _back(self) -> None:
+        """No longer away (resumed, or ending)."""
+        cancel(self._away_timer)
+        self._away_timer = None
+        self._ending = False
+        self.hub.sessions_away -= 1
+        self.state = self._before_away
+
+    def _end_away(self) -> None:
+        """End as a disconnect does: ``leave-client`` to the room."""
+        self._back()
+        self.closed()
+
+    def closed(self, wire: Wire | None = None) -> None:
+        if wire is not None and wire is not self.wire:
+            return
+        if self.state is AWAY:
+            self._end_away()
+            return
+        super().closed(wire)
+        token, self.token = self.token, None
+        if token is not None:
+            self.hub.resume_tokens.pop(token, None)
+
+    def close(self, code: int, reason: str, timeout: float | None = None) -> None:
+        if self.state is AWAY:  # admin, shutdown: nothing to wait for
+            self._end_away()
+        else:
+            super().close(code, reason, timeout)
+
+    def abort(self) -> None:
+        if self.state is AWAY:
+            self._end_away()
+        else:
+            super().abort()
+
+    # -- taking over -------------------------------------------------------------------
+
+    def take_over(
+        self, wire: Wire, last_seq: int, address: str, limit_key: str | None
+    ) -> list[bytes] | None:
+        """Carry on on ``wire``, the client having received every frame up to
+        ``last_seq``: the frames to send it first (``notify-client-id`` and
+        those after ``last_seq``), or None if this session cannot resume."""
+        frames = self.replay.since(last_seq, self.seq)
+        state = self.state
+        if frames is None or not (state is AWAY or state is LOBBY or state is IN_ROOM):
+            return None
+        hub = self.hub
+        if state is AWAY:
+            self._back()
+            if self.state is LOBBY:
+                self._start_join_timer()
+            self.wire = wire
+        else:  # still connected: the older connection ends, the session does not
+            old, self.wire = self.wire, wire
+            old.close(CLOSE_RESUMED_ELSEWHERE, "resumed elsewhere")
+        if limit_key != self.limit_key:
+            counts = hub.address_counts
+            if self.limit_key is not None:
+                counts[self.limit_key] -= 1
+                if counts[self.limit_key] <= 0:
+                    del counts[self.limit_key]
+            if limit_key is not None:
+                counts[limit_key] += 1
+            self.limit_key = limit_key
+        self.address = address
+        hub.stats.sessions_resumed += 1
+        hub.log.debug(
+            "resume {client_id} from {address} after seq {last_seq}",
+            client_id=self.client_id,
+            address=address,
+            last_seq=last_seq,
+        )
+        welcome = messages.notify_client_id(self.client_id, self._new_token(), resumed=True)
+        self.messages_out += 1 + len(frames)
+        return [welcome, *frames]
+
+
+def connect(
+    hub: Hub,
+    wire: Wire,
+    new_id: Callable[[], str],
+    address: str,
+    limit_key: str | None,
+    url_token: str | None,
+    *,
+    resume: bool,
+    token: str | None,
+    last_seq: str | None,
+) -> tuple[Session, list[bytes]]:
+    """The session of a new connection that asked to resume (``token``,
+    ``last_seq``) or to be able to (``resume``), and the frames to send it
+    first. Without ``token``, the session is new; ``resume`` is ignored
+    while ``--resume-grace`` is 0."""
+    enabled = hub.limits.resume_grace > 0
+    first: list[bytes] = []
+    if token is not None:
+        session = hub.resume_tokens.pop(token, None) if enabled else None
+        seq = _parse_seq(last_seq)
+        if isinstance(session, ResumableSession) and seq is not None:
+            frames = session.take_over(wire, seq, address, limit_key)
+            if frames is not None:
+                return session, frames
+        hub.stats.errors[messages.RESUME_FAILED] += 1
+        first.append(
+            messages.error(
+                messages.RESUME_FAILED,
+                "no session to resume: unknown, expired or used token, or frames after "
+                "last_seq no longer kept"
+                if enabled
+                else "resuming is turned off on this server",
+            )
+        )
+    if resume and enabled:
+        fresh: Session = ResumableSession(hub, wire, new_id(), address, limit_key, url_token)
+        first.append(fresh.open())
+    else:
+        fresh = Session(hub, wire, new_id(), address, limit_key, url_token)
+        welcome = fresh.open()
+        first.append(
+            welcome if token is None else messages.notify_client_id(fresh.client_id, resumed=False)
+        )
+    fresh.messages_out += len(first) - 1
+    return fresh, first
+
+
+def _parse_seq(value: str | None) -> int | None:
+    """``last_seq``: a count (0 when not given), or None if malformed."""
+    if value is None:
+        return 0
+    if not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
