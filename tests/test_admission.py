@@ -532,7 +532,7 @@ def test_the_access_log_hides_room_tokens(tmp_path: Path) -> None:
         try:
             connection.request(
                 "GET",
-                "/?room=abc&token=SECRET-IN-URL&x=1",
+                "/?room=abc&token=SECRET-IN-URL&resume_token=SECRET-TOO&x=1",
                 headers={"Referer": "https://app.example/?token=SECRET-IN-REFERER"},
             )
             assert connection.getresponse().read()
@@ -545,5 +545,5 @@ def test_the_access_log_hides_room_tokens(tmp_path: Path) -> None:
         assert wait_for(lambda: bool(logged()))
         [line] = logged()
         assert "SECRET" not in line
-        assert "/?room=abc&token=REDACTED&x=1" in line
+        assert "/?room=abc&token=REDACTED&resume_token=REDACTED&x=1" in line
         assert "https://app.example/?token=REDACTED" in line

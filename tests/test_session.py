@@ -1098,7 +1098,7 @@ def test_opted_in_frames_are_numbered_and_kept(rhub: Hub) -> None:
     frames = a.take()
     assert [f.get("seq") for f in frames] == [1, 2]
     assert frames[0] == {"seq": 1, **joined("r")}
-    assert [seq for seq, _ in a.session.replay.frames] == [1, 2]
+    assert [seq for seq, _, _ in a.session.replay.frames] == [1, 2]
 
 
 def test_a_drop_in_a_room_is_away_not_a_leave(rhub: Hub, clock: Clock) -> None:
@@ -1187,6 +1187,27 @@ def test_last_seq_older_than_kept_fails(clock: Clock) -> None:
     assert a.state is State.AWAY and hub.resume_tokens == {}
     clock.advance(GRACE)
     assert leave_client("a") in b.take()
+
+
+def test_a_connected_session_keeps_only_what_a_drop_could_have_lost(clock: Clock) -> None:
+    """While connected, frames older than a ping interval and two ping
+    timeouts are let go (a drop is found sooner); while away, every frame is
+    kept, however long the grace."""
+    hub = make_hub(clock, resume_grace=300, ping_interval=20, ping_timeout=20)
+    a, b = resumable_pair(hub)  # seqs 1 and 2
+    clock.advance(59)
+    b.relay("offer", "a", "three")
+    assert [seq for seq, _, _ in a.session.replay.frames] == [1, 2, 3]
+    clock.advance(2)  # 61 s after 1 and 2
+    b.relay("offer", "a", "four")
+    assert [seq for seq, _, _ in a.session.replay.frames] == [3, 4]
+    drop(a)
+    b.relay("offer", "a", "five")
+    clock.advance(200)
+    b.relay("offer", "a", "six")
+    assert [seq for seq, _, _ in a.session.replay.frames] == [3, 4, 5, 6]
+    _, frames, _ = resume(hub, a.welcome["payload"]["resume_token"], 4)
+    assert [f.get("seq") for f in frames] == [None, 5, 6]
 
 
 @pytest.mark.parametrize("last_seq", ["-1", "x", "99"])

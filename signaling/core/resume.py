@@ -4,7 +4,9 @@ A client that connects with ``?resume=1`` (and ``--resume-grace`` above 0)
 gets a :class:`ResumableSession`: its ``notify-client-id`` carries a
 ``resume_token``, every frame after it a top-level ``seq`` (1, 2, 3, ...),
 and the frames sent are kept, with their seq, in a :class:`ReplayBuffer`
-bounded by ``--max-send-buffer`` (oldest dropped first).
+bounded by ``--max-send-buffer`` (oldest dropped first) and, while
+connected, by the time within which a dead connection is found (see
+:func:`window`).
 
 When its connection ends without a closing handshake (TCP dropped, no
 answer to pings) or with the client's 1001, a session in the lobby or in a
@@ -25,6 +27,7 @@ resume works on the process the client was connected to.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -40,30 +43,47 @@ CLOSE_RESUMED_ELSEWHERE = 4003
 DEFAULT_REPLAY_BYTES = 1024 * 1024
 
 
+def window(hub: Hub) -> float:
+    """Seconds a connected session keeps what it was sent: a dead connection
+    is found within a ping interval and a ping timeout, and what was still
+    on its way when it died went out at most about a ping timeout before
+    (a client further behind is cut off as a slow reader). Without pings,
+    only the byte bound applies."""
+    limits = hub.limits
+    if limits.ping_interval <= 0:
+        return math.inf
+    return limits.ping_interval + 2 * limits.ping_timeout
+
+
 def new_token() -> str:
     """An unguessable resume token (192 bits)."""
     return secrets.token_urlsafe(24)
 
 
 class ReplayBuffer:
-    """The frames sent to one session, with their seq, oldest first, at
-    most ``limit`` bytes of them (beyond it the oldest are dropped)."""
+    """The frames sent to one session, with their seq and when they were
+    sent, oldest first: at most ``limit`` bytes of them, and none sent more
+    than ``window`` seconds before the newest (beyond either, the oldest are
+    dropped)."""
 
-    __slots__ = ("frames", "limit", "size")
+    __slots__ = ("frames", "limit", "size", "window")
 
-    def __init__(self, limit: int) -> None:
-        self.frames: deque[tuple[int, bytes]] = deque()
+    def __init__(self, limit: int, window: float = math.inf) -> None:
+        self.frames: deque[tuple[int, float, bytes]] = deque()
         self.limit = limit
+        self.window = window
         self.size = 0
 
-    def add(self, seq: int, frame: bytes, keep_from: int) -> bool:
-        """Keep ``frame``; drop the oldest frames while over the limit, but
-        none with a seq of ``keep_from`` or more. False if still over."""
+    def add(self, seq: int, frame: bytes, keep_from: int, now: float, aging: bool = True) -> bool:
+        """Keep ``frame``; drop the oldest frames while over the bounds (the
+        window only if ``aging``), but none with a seq of ``keep_from`` or
+        more. False if still over the byte limit."""
         frames = self.frames
-        frames.append((seq, frame))
+        frames.append((seq, now, frame))
         self.size += len(frame)
-        while self.size > self.limit and frames[0][0] < keep_from:
-            self.size -= len(frames.popleft()[1])
+        oldest = now - self.window if aging else -math.inf
+        while frames[0][0] < keep_from and (self.size > self.limit or frames[0][1] < oldest):
+            self.size -= len(frames.popleft()[2])
         return self.size <= self.limit
 
     def since(self, last_seq: int, seq: int) -> list[bytes] | None:
@@ -73,7 +93,7 @@ class ReplayBuffer:
         first = frames[0][0] if frames else seq + 1
         if last_seq > seq or last_seq < first - 1:
             return None
-        return [frame for s, frame in frames if s > last_seq]
+        return [frame for s, _, frame in frames if s > last_seq]
 
 
 class ResumableSession(Session):
@@ -94,7 +114,7 @@ class ResumableSession(Session):
         super().__init__(hub, wire, client_id, address, limit_key, url_token)
         #: The seq of the last frame sent (or kept, while away).
         self.seq = 0
-        self.replay = ReplayBuffer(hub.limits.max_send_buffer or DEFAULT_REPLAY_BYTES)
+        self.replay = ReplayBuffer(hub.limits.max_send_buffer or DEFAULT_REPLAY_BYTES, window(hub))
         #: The token that resumes this session (None once it ended).
         self.token: str | None = None
         self._away_timer: DelayedCall | None = None
@@ -121,14 +141,20 @@ class ResumableSession(Session):
         # Every encoded message is a JSON object: the seq goes in front.
         frame = b'{"seq":%d,' % seq + data[1:]
         if self.state is AWAY:
-            if not self.replay.add(seq, frame, self._away_seq + 1) and not self._ending:
+            if (
+                # Away, what was sent before the drop may be what it missed.
+                not self.replay.add(
+                    seq, frame, self._away_seq + 1, self.hub.clock.seconds(), aging=False
+                )
+                and not self._ending
+            ):
                 # More kept than --max-send-buffer: ends as a slow reader
                 # does. Not now: this runs inside a room's delivery.
                 self._ending = True
                 cancel(self._away_timer)
                 self._away_timer = self.hub.clock.callLater(0, self._expire)
             return
-        self.replay.add(seq, frame, seq)
+        self.replay.add(seq, frame, seq, self.hub.clock.seconds())
         if self.wire.send_frame(frame):
             self.messages_out += 1
 

@@ -299,13 +299,13 @@ def _log_field(value: bytes | str | None) -> str:
     return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
-_TOKEN_IN_QUERY = re.compile(rb"([?&]token=)[^&#]*")
+_TOKEN_IN_QUERY = re.compile(rb"([?&](?:resume_)?token=)[^&#]*")
 
 
 def _without_tokens(uri: bytes | None) -> bytes | None:
-    """``uri`` with the value of each ``token=`` of its query hidden: a room
-    token is a credential, and the demo page's URL (and so its Referer) may
-    carry one."""
+    """``uri`` with the value of each ``token=`` and ``resume_token=`` of its
+    query hidden: both are credentials, and the demo page's URL (and so its
+    Referer) may carry a room token."""
     if uri is None or b"token=" not in uri:
         return uri
     return _TOKEN_IN_QUERY.sub(rb"\1REDACTED", uri)
