@@ -343,3 +343,11 @@ def test_cluster(tmp_path: Path) -> None:
     for record in records:  # each run's keys were deleted after it
         if record["redis_prefix"]:
             assert not redis_keys(record["redis_prefix"])
+
+
+def test_tokens_bench_measures_every_algorithm() -> None:
+    from bench.tokens import measure
+
+    figures = measure(joins=20, repeat=1)
+    assert set(figures) == {"HS256", "ES256", "RS256"}
+    assert all(0 < us < 100_000 for us in figures.values())
