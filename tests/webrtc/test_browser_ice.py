@@ -115,7 +115,7 @@ def test_demo_page_sends_its_token_in_the_join(server, open_page) -> None:
     gate = RecordingGate()
     on_reactor(setattr, server.hub, "gate", gate)
     base = f"http://127.0.0.1:{server.port}/"
-    connect = f"ws://127.0.0.1:{server.port}/connect"
+    connect = f"ws://127.0.0.1:{server.port}/connect?resume=1"
     plain = open_page(f"{base}?room=t&token=abc", RECORD_SOCKETS)
     plain.client_id()
     # Characters that mean something in a URL arrive as they were, from a fragment too.
@@ -152,7 +152,8 @@ def test_demo_page_sends_its_token_in_the_join(server, open_page) -> None:
     assert len(lengths) == 1, lengths
 
 
-def test_every_rejoin_carries_the_clients_current_token(server, open_page) -> None:
+def test_every_rejoin_carries_the_clients_current_token(make_server, open_page) -> None:
+    server = make_server(resume_grace=0)  # a reconnect that rejoins, not a resume
     gate = RecordingGate()
     on_reactor(setattr, server.hub, "gate", gate)
     page = open_page(f"http://127.0.0.1:{server.port}/?room=r&token=first", RECORD_SOCKETS)
@@ -169,7 +170,8 @@ def test_every_rejoin_carries_the_clients_current_token(server, open_page) -> No
         {"room_id": "r", "token": "first"},
         {"room_id": "r", "token": "fresh"},
     ]
-    assert page.page.evaluate("window.socketUrls") == [f"ws://127.0.0.1:{server.port}/connect"] * 2
+    connect = f"ws://127.0.0.1:{server.port}/connect?resume=1"
+    assert page.page.evaluate("window.socketUrls") == [connect] * 2
 
 
 # Runs in the page: connectUrl's URL for a token, and a client that presents the
@@ -226,7 +228,7 @@ def test_refused_token_is_shown_and_not_retried(server, open_page) -> None:
     page.page.get_by_text("Error: token expired").wait_for(timeout=WAIT_MS)
     page.page.wait_for_function("() => window.disconnects.length > 0", timeout=WAIT_MS)
     assert page.page.evaluate("window.disconnects") == [
-        {"code": 4001, "reason": "unauthorized", "retryIn": None}
+        {"code": 4001, "reason": "unauthorized", "retryIn": None, "resuming": False}
     ]
     assert gate.tokens == ["old"]
     assert len(page.page.evaluate("window.socketUrls")) == 1

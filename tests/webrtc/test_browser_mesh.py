@@ -81,7 +81,9 @@ def test_non_trickle_mode_sends_candidates_only_in_the_sdp(server, open_page) ->
         assert "a=candidate:" in sdp
 
 
-def test_dropped_socket_reconnects_and_rejoins(server, open_page) -> None:
+def test_dropped_socket_reconnects_and_rejoins(make_server, open_page) -> None:
+    # Without resuming (see test_browser_resume for a drop that resumes).
+    server = make_server(resume_grace=0)
     stays, stays_id, drops, old_id = open_meshed_pair(server, open_page, "drop")
 
     on_reactor(lambda: server.connection(old_id).dropConnection(abort=True))

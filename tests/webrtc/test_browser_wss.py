@@ -55,9 +55,8 @@ def test_two_pages_over_https_and_wss_see_each_other(
             first.wait_meshed({second_id})
             second.wait_meshed({first_id})
             assert len(sockets) == 2
-            assert all(
-                re.fullmatch(rf"wss://127\.0\.0\.1:{server.port}/connect", s) for s in sockets
-            )
+            connect = rf"wss://127\.0\.0\.1:{server.port}/connect\?resume=1"
+            assert all(re.fullmatch(connect, s) for s in sockets)
             assert not [e for demo in pages for e in demo.page_errors]
         finally:
             context.close()

@@ -217,6 +217,9 @@ async function main() {
     const seconds = Math.ceil(detail.retryIn / 1000);
     setProblem("server", `Lost the connection to the server; retrying in ${seconds} s…`, "error");
   });
+  client.addEventListener("taken-over", () => {
+    setProblem("server", "This call continues in another tab or window; reload to rejoin here.", "error");
+  });
   client.addEventListener("server-message", ({ detail }) => {
     setProblem("operator", `Message from the server: ${detail.text}`);
   });

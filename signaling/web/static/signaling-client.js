@@ -20,15 +20,45 @@
 // Connections made before a `joined` keep the configuration they were made
 // with.
 //
+// Resuming (option `resume`, default true): the client connects with
+// `?resume=1`, keeps the server's `resume_token` and the highest `seq`
+// received, and after a drop (any close but close(), 4001 unauthorized,
+// 4003 resumed elsewhere, or one the server ended with a close frame)
+// reconnects with `?resume_token=T&last_seq=N`, with the usual backoff,
+// keeping the room and every RTCPeerConnection meanwhile. Messages for
+// peers sent while away (offers, answers, candidates, a leave or join) are
+// queued and sent once resumed. Resumed (`resumed`): the replayed frames
+// are handled as usual (any with a seq already seen is ignored), and a
+// peer connection whose ICE failed (or stays `disconnected` for
+// DISCONNECTED_RESTART_MS) restarts ICE; no `peer-left`, no rejoin. The
+// server answered `resume_failed` (or has no resume; `resume-failed`): as
+// without resume, every peer is dropped (`peer-left`) and the client
+// rejoins under its new id. Closed with 4003 (a newer connection took the
+// session over with its token: `taken-over`): it stops.
+//
 // No dependencies and no build step: import it as an ES module.
 
 const KINDS = ["audio", "video"];
 // The server closes with this after an `unauthorized` error.
 const CLOSE_UNAUTHORIZED = 4001;
+// The server closes with this when a newer connection resumed our session.
+const CLOSE_RESUMED_ELSEWHERE = 4003;
+// After a resume, a peer connection still `disconnected` this long (ms)
+// restarts ICE.
+const DISCONNECTED_RESTART_MS = 3000;
 
 /**
  * Events (all CustomEvent, data in `event.detail`):
- * - `open` {id}: connected; `id` is this client's id until the next reconnect.
+ * - `open` {id, resumed}: connected; `id` is this client's id until the
+ *   next reconnect (the same one when `resumed`).
+ * - `resumed` {id}: reconnected to the same session after a drop: room,
+ *   peers and peer connections kept (follows `open`).
+ * - `resume-failed` {code, message}: the session could not be resumed (the
+ *   server's grace ran out, say); every peer is dropped (`peer-left`) and
+ *   the client rejoins under a new id, as without resume.
+ * - `taken-over` {code, reason}: the server closed with 4003, a
+ *   newer connection took this session over with its resume token (another
+ *   tab, or a stolen token); the client stops (as after close()).
  * - `joined` {room, peers}: in the room; `peers` were there before us
  *   (`serverIceServers` now holds the ICE servers the server sent).
  * - `peer-joined` {id}, `peer-left` {id}: a member appeared or is gone.
@@ -37,8 +67,9 @@ const CLOSE_UNAUTHORIZED = 4001;
  * - `peer-state` {id, state}: the RTCPeerConnection's connectionState.
  * - `disconnected` {code, reason, retryIn}: the socket closed; a reconnect
  *   follows after `retryIn` ms (null when it will not: after close(), with
- *   `reconnect: false`, or after the server closed with 4001, unauthorized,
- *   since the same token would be refused again).
+ *   `reconnect: false`, after the server closed with 4001, unauthorized,
+ *   since the same token would be refused again, or with 4003); `resuming`:
+ *   the reconnect will try to resume (peers are kept until it is known).
  * - `error` {code, message, ...}: a server `error` payload, or a client-side
  *   problem (`server_unreachable`, `negotiation_failed`, `bad_message`,
  *   `bad_ice_servers`).
@@ -60,6 +91,9 @@ export class SignalingClient extends EventTarget {
    * @param {number} [options.gatherTimeout=5000]  Non-trickle: longest wait
    *   for gathering (ms) before sending what was found.
    * @param {boolean} [options.reconnect=true]  Reconnect after a drop.
+   * @param {boolean} [options.resume=true]  Resume the session (same id,
+   *   room and peer connections) when reconnecting after a drop, if the
+   *   server allows it (see the top of this file).
    * @param {number} [options.minRetryDelay=500]  First reconnect delay (ms),
    *   doubled per failed attempt up to `maxRetryDelay`.
    * @param {number} [options.maxRetryDelay=10000]
@@ -73,6 +107,7 @@ export class SignalingClient extends EventTarget {
     this.trickle = options.trickle ?? true;
     this.gatherTimeout = options.gatherTimeout ?? 5000;
     this.reconnect = options.reconnect ?? true;
+    this.resume = options.resume ?? true;
     this.minRetryDelay = options.minRetryDelay ?? 500;
     this.maxRetryDelay = options.maxRetryDelay ?? 10000;
     this._room = options.room ?? null;
@@ -90,6 +125,11 @@ export class SignalingClient extends EventTarget {
     this._attempt = 0;
     this._retryTimer = null;
     this._paused = new Set();
+    // Resuming: the server's token (null: nothing to resume), the highest
+    // seq received, and what was sent while away.
+    this._resumeToken = null;
+    this._lastSeq = 0;
+    this._outbox = [];
   }
 
   /** This client's id while connected, else null. */
@@ -154,7 +194,7 @@ export class SignalingClient extends EventTarget {
   connect() {
     if (this._ws) return;
     this._closed = false;
-    const ws = new WebSocket(this.url);
+    const ws = new WebSocket(this._connectUrl());
     this._ws = ws;
     let opened = false;
     ws.onopen = () => {
@@ -169,13 +209,13 @@ export class SignalingClient extends EventTarget {
   join(room) {
     if (this._room !== null) this.leave();
     this._room = room;
-    if (this._id !== null) this._sendJoin();
+    if (this._id !== null || this._resuming) this._sendJoin();
   }
 
   /** Leave the room and hang up on every peer; the socket stays open. */
   leave() {
     if (this._room === null) return;
-    if (this._id !== null) this._send("leave", {});
+    if (this._id !== null || this._resuming) this._send("leave", {});
     this._room = null;
     this._dropPeers();
   }
@@ -185,6 +225,7 @@ export class SignalingClient extends EventTarget {
     this._closed = true;
     clearTimeout(this._retryTimer);
     this.leave();
+    this._forgetSession();
     const ws = this._ws;
     this._ws = null;
     this._id = null;
@@ -198,7 +239,30 @@ export class SignalingClient extends EventTarget {
 
   _send(type, payload) {
     const ws = this._ws;
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type, payload }));
+    if (this._resuming) this._outbox.push({ type, payload });
+    else if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type, payload }));
+  }
+
+  // Away from a session that may resume: its id is not ours again yet.
+  get _resuming() {
+    return this._resumeToken !== null && this._id === null;
+  }
+
+  _connectUrl() {
+    if (!this.resume) return this.url;
+    const url = new URL(this.url);
+    url.searchParams.set("resume", "1"); // also for the fresh session of a failed resume
+    if (this._resumeToken !== null) {
+      url.searchParams.set("resume_token", this._resumeToken);
+      url.searchParams.set("last_seq", String(this._lastSeq));
+    }
+    return url.href;
+  }
+
+  _forgetSession() {
+    this._resumeToken = null;
+    this._lastSeq = 0;
+    this._outbox = [];
   }
 
   _sendJoin() {
@@ -210,16 +274,26 @@ export class SignalingClient extends EventTarget {
   _onSocketClose(ws, event, opened) {
     if (ws !== this._ws) return; // closed by close(), or superseded
     this._ws = null;
+    const wasResuming = this._resuming;
     this._id = null;
-    this._dropPeers(); // the server tells the others we left
     if (this._closed) return;
+    const elsewhere = event.code === CLOSE_RESUMED_ELSEWHERE;
+    const retry = this.reconnect && event.code !== CLOSE_UNAUTHORIZED && !elsewhere;
+    // A close frame from the server (bar 4003) means it ended the session.
+    if (!retry || (event.wasClean && !wasResuming)) this._forgetSession();
+    if (!this._resuming) this._dropPeers(); // the server tells the others we left
     let retryIn = null;
-    if (this.reconnect && event.code !== CLOSE_UNAUTHORIZED) {
+    if (retry) {
       retryIn = Math.min(this.maxRetryDelay, this.minRetryDelay * 2 ** this._attempt);
       this._attempt += 1;
       this._retryTimer = setTimeout(() => this.connect(), retryIn);
     }
-    this._emit("disconnected", { code: event.code, reason: event.reason, retryIn });
+    const resuming = this._resuming;
+    this._emit("disconnected", { code: event.code, reason: event.reason, retryIn, resuming });
+    if (elsewhere) {
+      this._closed = true;
+      this._emit("taken-over", { code: event.code, reason: event.reason });
+    }
     if (!opened) {
       this._emit("error", {
         code: "server_unreachable",
@@ -236,12 +310,14 @@ export class SignalingClient extends EventTarget {
       this._emit("error", { code: "bad_message", message: "the server sent invalid JSON" });
       return;
     }
+    if (typeof message.seq === "number") {
+      if (message.seq <= this._lastSeq) return; // replayed, already seen
+      this._lastSeq = message.seq;
+    }
     const payload = message.payload ?? {};
     switch (message.type) {
       case "notify-client-id":
-        this._id = payload.client_id;
-        this._emit("open", { id: this._id });
-        if (this._room !== null) this._sendJoin();
+        this._onClientId(payload);
         break;
       case "joined":
         // Before any peer connection of this room is made.
@@ -263,12 +339,52 @@ export class SignalingClient extends EventTarget {
         this._removePeer(payload.client_id);
         break;
       case "error":
-        this._emit("error", payload);
+        if (payload.code === "resume_failed") this._resumeFailed(payload);
+        else this._emit("error", payload);
         break;
       case "server-message":
         this._emit("server-message", payload);
         break;
     }
+  }
+
+  _onClientId(payload) {
+    const resumed = payload.resumed === true && this._resuming;
+    if (!resumed && this._resuming) {
+      this._resumeFailed({ code: "resume_failed", message: "the server started a new session" });
+    }
+    this._id = payload.client_id;
+    this._resumeToken = this.resume && payload.resume_token ? payload.resume_token : null;
+    this._emit("open", { id: this._id, resumed });
+    if (!resumed) {
+      if (this._room !== null) this._sendJoin();
+      return;
+    }
+    const outbox = this._outbox;
+    this._outbox = [];
+    for (const { type, payload: sent } of outbox) this._send(type, sent);
+    this._emit("resumed", { id: this._id });
+    for (const peer of this._peers.values()) this._checkIce(peer, DISCONNECTED_RESTART_MS);
+  }
+
+  // Away no more: what the session kept is gone, peers and all.
+  _resumeFailed(payload) {
+    if (!this._resuming) return;
+    this._forgetSession();
+    this._dropPeers();
+    this._emit("resume-failed", { code: payload.code, message: payload.message });
+  }
+
+  // After a resume: restart ICE if it failed, or if still `disconnected`
+  // after `wait` ms (null: now); only while connected to the server, since
+  // the restart's offer must reach the peer.
+  _checkIce(peer, wait) {
+    const pc = peer.pc;
+    if (this._peers.get(peer.id) !== peer || this._id === null) return;
+    const ice = pc.iceConnectionState;
+    if (pc.connectionState === "failed" || ice === "failed") pc.restartIce();
+    else if (ice === "disconnected" && wait === null) pc.restartIce();
+    else if (ice === "disconnected") setTimeout(() => this._checkIce(peer, null), wait);
   }
 
   _addPeer(id, polite) {
@@ -301,7 +417,8 @@ export class SignalingClient extends EventTarget {
     pc.onconnectionstatechange = () => {
       if (this._peers.get(id) !== peer) return;
       this._emit("peer-state", { id, state: pc.connectionState });
-      if (pc.connectionState === "failed") pc.restartIce();
+      // Away from the server the offer would wait: the resume checks again.
+      if (pc.connectionState === "failed" && this._id !== null) pc.restartIce();
     };
     this._emit("peer-joined", { id });
     return peer;
