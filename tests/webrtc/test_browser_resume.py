@@ -235,3 +235,32 @@ def test_a_session_taken_over_with_its_token_stops_the_page(proxied, open_page) 
         assert page.page.evaluate("window.demo.client.id") is None
         assert on_reactor(lambda: set(server.hub.sessions)) == {own}
         assert server.rooms() == {"stolen": {own}}
+
+
+def test_too_many_messages_while_away_give_up_resuming(proxied, open_page) -> None:
+    """The messages kept for the peers while away are bounded: past 1,000
+    the client gives up resuming, and the call is made again under new ids."""
+    server, proxy, port = proxied(resume_grace=3)
+    url = f"http://127.0.0.1:{port}/?room=chatty"
+    first, first_id, second, second_id = call(server, open_page, url, "chatty")
+    cut(proxy, [first])
+    first.page.evaluate(
+        "peer => { for (let i = 0; i < 1001; i++)"
+        " window.demo.client._send('candidate', {client_id: peer, candidate: null}); }",
+        second_id,
+    )
+    (abandoned,) = events(first, "resume-failed")
+    assert abandoned["code"] == "resume_abandoned"
+    assert {"type": "peer-left", "id": second_id} in events(first, "peer-left")
+    proxy.accepting = True
+    first.page.wait_for_function(
+        "old => window.demo.client.id && window.demo.client.id !== old",
+        arg=first_id,
+        timeout=WAIT_MS,
+    )
+    new_id = first.client_id()
+    # The old session stays away on the server until its grace ends.
+    assert wait_for(lambda: server.rooms() == {"chatty": {second_id, new_id}}, WAIT)
+    second.wait_meshed({new_id})
+    first.wait_meshed({second_id})
+    assert events(first, "resumed") == []

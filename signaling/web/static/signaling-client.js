@@ -46,6 +46,9 @@ const CLOSE_RESUMED_ELSEWHERE = 4003;
 // After a resume, a peer connection still `disconnected` this long (ms)
 // restarts ICE.
 const DISCONNECTED_RESTART_MS = 3000;
+// Messages kept for the peers while away; past it the client gives up
+// resuming (the session starts afresh on reconnect) rather than grow.
+const MAX_OUTBOX = 1000;
 
 /**
  * Events (all CustomEvent, data in `event.detail`):
@@ -239,8 +242,15 @@ export class SignalingClient extends EventTarget {
 
   _send(type, payload) {
     const ws = this._ws;
-    if (this._resuming) this._outbox.push({ type, payload });
-    else if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type, payload }));
+    if (this._resuming) {
+      if (this._outbox.length < MAX_OUTBOX) this._outbox.push({ type, payload });
+      else {
+        this._resumeFailed({
+          code: "resume_abandoned",
+          message: `more than ${MAX_OUTBOX} messages waited for the connection`,
+        });
+      }
+    } else if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type, payload }));
   }
 
   // Away from a session that may resume: its id is not ours again yet.
