@@ -22,8 +22,8 @@ from websockets.sync.client import connect
 from bench.twistd import ServerProcess, source_env
 
 from .conftest import TIMEOUT, Client, wait_for
-from .redis_rooms import require_redis_rooms
 from .rawws import RawWebSocket
+from .redis_rooms import require_redis_rooms
 from .redis_servers import SHARED_URL, PrivateRedis, redis_keys, shared_prefix
 
 Start = Callable[..., ServerProcess]
