@@ -727,3 +727,29 @@ def test_a_moved_member_hears_what_changed_while_moving_and_late_relays_follow_i
         settle(one, two, three)
         prefix = on_reactor(lambda: one.target.prefix)
         assert not [key for key in redis_keys(prefix) if "room:" in key]
+
+
+def test_a_member_handed_over_to_no_node_leaves_its_room() -> None:
+    """The node that asked is gone (nobody receives the answer): the member
+    is removed, and the room hears leave-client. A member the asker never
+    moved in Redis goes once the old node checks, a while later."""
+    with nodes(2) as (one, two):
+        a, c, b = FakeMember("a"), FakeMember("c"), FakeMember("b")
+        joined(one, "r", a)
+        joined(one, "r", c)
+        joined(two, "r", b)
+        settle(one, two)
+        on_reactor(setattr, one.target, "hand_over", lambda token: (a, moving("a")))
+        request = b"Q" + json.dumps({"t": "token", "n": "nowhere", "r": "x"}).encode()
+        on_reactor(one.target._inbox, request)
+        settle(one, two)
+        assert decoded(b)[-1] == ("leave-client", "a")
+        assert decoded(c)[-1] == ("leave-client", "a")
+        # Still this node's in Redis, though no longer held here: it goes.
+        on_reactor(one.target._check_moved, "c", "r")
+        settle(one, two)
+        assert decoded(b)[-1] == ("leave-client", "c")
+        on_reactor(one.target._check_moved, "b", "r")  # another node's: stays
+        settle(one, two)
+        prefix = on_reactor(lambda: one.target.prefix)
+        assert redis_command(6379, "ZRANGE", f"{prefix}room:r", 0, -1) == [b"b"]

@@ -266,6 +266,7 @@ class RedisRooms:
         self._list_rooms = self._client.script(scripts.LIST_ROOMS)
         self._find_holder = self._client.script(scripts.FIND_HOLDER)
         self._move = self._client.script(scripts.MOVE)
+        self._leave_if_held = self._client.script(scripts.LEAVE_IF_HELD)
         #: Moving sessions between nodes (resume elsewhere), set by the
         #: server: ``hand_over(token)`` lets a session of this node go, as
         #: (its member, what it takes); ``arrive(moving, room)`` makes the
@@ -275,8 +276,9 @@ class RedisRooms:
         #: Requests for sessions on other nodes: id -> (done, timeout).
         self._fetching: dict[str, tuple[Callable[[], None], DelayedCall]] = {}
         #: Members that moved to another node lately: id -> (node, join
-        #: number, until when relays that reach this node are passed on).
-        self._moved: dict[str, tuple[str, int, float]] = {}
+        #: number, until when relays that reach this node are passed on,
+        #: room).
+        self._moved: dict[str, tuple[str, int, float, str]] = {}
         self.sessions_moved = 0
         self._local: dict[str, _Local] = {}
         self._views: dict[str, RedisRoom] = {}
@@ -780,7 +782,8 @@ class RedisRooms:
                 view = self._views.get(local.room_id)
                 if view is not None:  # the others here relay to it there now
                     view.members[client_id] = (node, local.number)
-                self._moved[client_id] = (node, local.number, self._clock.seconds() + 2 * self.ttl)
+                until = self._clock.seconds() + 2 * self.ttl
+                self._moved[client_id] = (node, local.number, until, local.room_id)
                 left = local
             self.sessions_moved += 1
         self._flush()  # what was relayed to it before goes first
@@ -801,6 +804,15 @@ class RedisRooms:
         self._moved.pop(client_id, None)
         _log.warn("A session moving to another node was lost: {client_id}", client_id=client_id)
         self._send_leave(left.room_id, client_id, self._views.get(left.room_id))
+
+    def _check_moved(self, client_id: str, room_id: str) -> None:
+        """A member handed over a while ago: if the node it went to never
+        moved it in Redis (it died meanwhile), it is still this node's
+        there, and must go."""
+        if self._client.connected and not self._stopping:
+            self._client.run_script(
+                self._leave_if_held, args=(self.prefix, room_id, client_id, self.node_id)
+            ).addErrback(self._beat_failed)
 
     def _pass_on(self, target: str, number: int, frame: bytes) -> None:
         """A relay for a member that moved to another node lately: there."""
@@ -1103,9 +1115,10 @@ class RedisRooms:
         self._beat_call = None
         if self._moved:
             now = self._clock.seconds()
-            for client_id, (_, _, until) in list(self._moved.items()):
+            for client_id, (_, _, until, room_id) in list(self._moved.items()):
                 if until < now:
                     del self._moved[client_id]
+                    self._check_moved(client_id, room_id)
         if self._client.connected:
             self._beat()
         self._schedule_beat()

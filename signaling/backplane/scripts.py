@@ -383,3 +383,21 @@ end
 return reply
 """
 )
+
+#: ARGV: prefix, room, member, node. Removes the member (as LEAVE) if it is
+#: still the node's: a member the node handed over to another node that
+#: never moved it (it died meanwhile). Returns the leave's number, or nil.
+LEAVE_IF_HELD = (
+    _COMMON
+    + b"""
+local room, member, node = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', P .. 'room:' .. room .. ':nodes', member) ~= node then
+  return nil
+end
+local number = remove(room, member)
+if number then
+  return number
+end
+return nil
+"""
+)
