@@ -282,6 +282,8 @@ def test_no_answer_to_pings_is_away(srv: RunningServer, clock: Clock) -> None:
     a, b = pair(srv)  # the raw client never answers a ping
     with a:
         on_reactor(clock.advance, 20)  # --ping-interval: pinged
+        # b answers (its pong must be in before the timeout, or b goes too)
+        assert wait_for(lambda: on_reactor(lambda: srv.hub.sessions[b.id].last_seen) >= 20)
         on_reactor(clock.advance, 20)  # --ping-timeout: dropped
         assert state_of(srv, a.id) is State.AWAY
         assert a.is_closed_by_peer()
