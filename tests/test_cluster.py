@@ -22,6 +22,7 @@ from websockets.sync.client import connect
 from bench.twistd import ServerProcess, source_env
 
 from .conftest import TIMEOUT, Client, wait_for
+from .rawws import RawWebSocket
 from .redis_rooms import require_redis_rooms
 from .redis_servers import SHARED_URL, PrivateRedis, redis_keys, shared_prefix
 
@@ -352,3 +353,118 @@ def test_room_tokens_and_identities_across_two_processes(
     assert a.expect("leave-client") == {"client_id": b.id}
     a.send("leave")
     assert wait_for(lambda: not [k for k in redis_keys(prefix) if ":room:" in k])
+
+
+def opted_in(process: ServerProcess, query: str = "resume=1") -> RawWebSocket:
+    return RawWebSocket(process.port, target=f"/connect?{query}")
+
+
+def silent(client: Client, timeout: float = 0.5) -> bool:
+    """Whether ``client`` receives nothing within ``timeout``."""
+    try:
+        message = client.recv(timeout)
+    except TimeoutError:
+        return True
+    raise AssertionError(f"unexpected {message}")
+
+
+def test_a_resume_on_another_process_moves_the_session(
+    cluster: Start, clients: Any, prefix: str
+) -> None:
+    """The session moves with its room membership and kept frames; the room
+    hears no leave or new client; relays from both processes reach it."""
+    one, two = cluster(), cluster()
+    a = opted_in(one)
+    a.send("join", {"room_id": "r"})
+    assert a.recv_json()["seq"] == 1  # joined
+    b, c = clients(two), clients(one)
+    assert b.join("r") == [a.id]
+    assert c.join("r") == [a.id, b.id]
+    assert [a.recv_json()["payload"]["client_id"] for _ in range(2)] == [b.id, c.id]  # seq 2, 3
+    b.expect("new-client")
+    token = a.hello["resume_token"]
+    b.offer(a.id, "to the dying socket")
+    a.reset()
+    b.offer(a.id, "during the gap")
+    c.offer(a.id, "from its old process")
+    with opted_in(two, f"resume_token={token}&last_seq=3") as again:
+        assert again.before == []
+        assert again.id == a.id
+        assert again.hello["resumed"] is True and again.hello["resume_token"] != token
+        replayed = [again.recv_json() for _ in range(3)]
+        assert [m["seq"] for m in replayed] == [4, 5, 6]
+        by_b = [m["payload"]["sdp"] for m in replayed if m["payload"]["client_id"] == b.id]
+        assert by_b == ["to the dying socket", "during the gap"]
+        assert {m["payload"]["client_id"] for m in replayed} == {b.id, c.id}
+        # Relays both ways, from both processes.
+        again.send("answer", {"client_id": b.id, "sdp": "to b"})
+        assert b.expect("answer") == {"client_id": a.id, "sdp": "to b"}
+        again.send("answer", {"client_id": c.id, "sdp": "to c"})
+        assert c.expect("answer") == {"client_id": a.id, "sdp": "to c"}
+        b.offer(a.id, "after, same process")
+        c.offer(a.id, "after, old process")
+        later = [again.recv_json() for _ in range(2)]
+        assert [m["seq"] for m in later] == [7, 8]
+        assert {m["payload"]["sdp"] for m in later} == {"after, same process", "after, old process"}
+        assert silent(b) and silent(c)  # never a leave-client, nor a new-client
+        assert metric_values(two.port)["signaling_sessions_moved_in_total"] == 1
+        assert metric_values(one.port)["signaling_sessions_moved_out_total"] == 1
+        assert metric_values(one.port)["signaling_clients"] == 1
+        # The room, in Redis, holds it under its new process.
+        assert wait_for(lambda: healthz(two.port)[1]["clients"] == 2)
+        b.send("leave")
+        c.send("leave")
+        assert {again.recv_json()["payload"]["client_id"] for _ in range(2)} == {b.id, c.id}
+        again.send("leave", {})
+        assert wait_for(lambda: not [k for k in redis_keys(prefix) if ":room:" in k])
+        again.send_close(1000)
+        assert again.recv_close()[0] == 1000
+    assert wait_for(lambda: not [k for k in redis_keys(prefix) if ":resume:" in k])
+    # The token was used: on its first process it resumes nothing.
+    with opted_in(one, f"resume_token={token}&last_seq=3") as late:
+        assert [m["payload"]["code"] for m in late.before] == ["resume_failed"]
+
+
+def test_a_resume_on_another_process_after_the_grace_fails_cleanly(
+    cluster: Start, clients: Any
+) -> None:
+    one, two = cluster("--resume-grace", "1"), cluster("--resume-grace", "1")
+    a = opted_in(one)
+    a.send("join", {"room_id": "r"})
+    a.recv_json()
+    b = clients(two)
+    assert b.join("r") == [a.id]
+    a.reset()
+    assert b.expect("leave-client", timeout=5) == {"client_id": a.id}
+    with opted_in(two, f"resume_token={a.hello['resume_token']}&last_seq=1") as late:
+        assert [m["payload"]["code"] for m in late.before] == ["resume_failed"]
+        assert late.id != a.id and late.hello["resumed"] is False
+
+
+def test_a_resume_whose_process_was_killed_fails_and_the_room_hears_the_leave(
+    cluster: Start, clients: Any
+) -> None:
+    options = ("--node-timeout", "2", "--redis-timeout", "1")
+    one, two = cluster(*options), cluster(*options)
+    a = opted_in(one)
+    a.send("join", {"room_id": "r"})
+    a.recv_json()
+    b = clients(two)
+    assert b.join("r") == [a.id]
+    time.sleep(0.5)  # a new cluster has no grace: losses are found at once
+    a.reset()
+    one.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    resume = f"resume_token={a.hello['resume_token']}&last_seq=1"
+    # Just killed: nobody answers within --redis-timeout.
+    with opted_in(two, resume) as late:
+        assert [m["payload"]["code"] for m in late.before] == ["resume_failed"]
+        assert late.id != a.id
+    assert time.monotonic() - killed < 1 + 0.5
+    assert b.expect("leave-client", timeout=10) == {"client_id": a.id}
+    assert time.monotonic() - killed < 2 + 1.5
+    # Declared dead: fails at once.
+    started = time.monotonic()
+    with opted_in(two, resume) as later:
+        assert [m["payload"]["code"] for m in later.before] == ["resume_failed"]
+    assert time.monotonic() - started < 0.5

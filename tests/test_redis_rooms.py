@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 
 from signaling.core import messages
+from signaling.core.resume import Moving
 from signaling.core.rooms import Joined, JoinRefused, RoomFull, RoomsUnavailable
 
 from .conftest import on_reactor, wait_for
@@ -660,3 +661,95 @@ def test_joins_made_while_redis_is_unreachable_at_start_fail_after_the_bound(
         assert time.monotonic() - begun < 0.3
     finally:
         on_reactor(node.stop)
+
+
+def moving(client_id: str) -> Moving:
+    return Moving(client_id, "token", 2, 2, [], 10.0, True)
+
+
+def test_a_moved_member_hears_what_changed_while_moving_and_late_relays_follow_it() -> None:
+    """Node one hands member a over to node two (hooks standing in for the
+    sessions): the room hears nothing of it; a leave and a join made while
+    it moves reach it from the comparison, once; relays that still reach
+    its old node are passed on; its old node's members relay to its new one."""
+    with nodes(3) as (one, two, three):
+        a, e, c, b = FakeMember("a"), FakeMember("e"), FakeMember("c"), FakeMember("b")
+        joined(one, "r", a)
+        room_e = joined(one, "r", e).room
+        joined(three, "r", c)
+        joined(two, "r", b)
+        settle(one, two, three)
+        a.received.clear()
+        d = FakeMember("d")
+        arrived = FakeMember("a")
+        calls: list[str] = []
+
+        def hand_over(token: str) -> tuple[FakeMember, Moving]:
+            calls.append(token)
+            three.target.leave(c)  # while it moves: both reach it once
+            three.target.join("r", d, lambda outcome: None)
+            return a, moving("a")
+
+        def arrive(state: Moving, room: Any) -> FakeMember:
+            assert (state.client_id, room.room_id) == ("a", "r")
+            return arrived
+
+        fetched: list[bool] = []
+        on_reactor(setattr, one.target, "hand_over", hand_over)
+        on_reactor(setattr, two.target, "hand_over", lambda token: None)
+        on_reactor(setattr, two.target, "arrive", arrive)
+        on_reactor(one.target.issued, "token-of-a", "a", 30.0)
+        on_reactor(two.target.fetch, "token-of-a", lambda: fetched.append(True))
+        assert wait_for(lambda: fetched)
+        assert calls == ["token-of-a"]
+        settle(one, two, three)
+        assert decoded(arrived) == [("leave-client", "c"), ("new-client", "d")]
+        for member in (e, b):  # no leave, no join of a; c and d once
+            assert decoded(member)[-2:] == [("leave-client", "c"), ("new-client", "d")]
+            assert ("leave-client", "a") not in decoded(member)
+        assert a.received == []
+        # Relays: from its old node, and one that reaches it there late.
+        offer = messages.relayed("offer", "e", "v=0")
+        assert room_e.send("a", offer) is True
+        view_three = on_reactor(lambda: three.target._views["r"])
+        number = view_three.members["a"][1]
+        on_reactor(view_three.members.__setitem__, "a", (one.target.node_id, number))
+        late = messages.relayed("offer", "d", "late")
+        assert on_reactor(view_three.send, "a", late) is True
+        settle(one, two, three)
+        assert arrived.received[-2:] == [offer, late]
+        assert a.received == []
+        # Redis holds it under its new node: its leave there empties the room.
+        two.leave(arrived)
+        one.leave(e)
+        two.leave(b)
+        three.leave(d)
+        settle(one, two, three)
+        prefix = on_reactor(lambda: one.target.prefix)
+        assert not [key for key in redis_keys(prefix) if "room:" in key]
+
+
+def test_a_member_handed_over_to_no_node_leaves_its_room() -> None:
+    """The node that asked is gone (nobody receives the answer): the member
+    is removed, and the room hears leave-client. A member the asker never
+    moved in Redis goes once the old node checks, a while later."""
+    with nodes(2) as (one, two):
+        a, c, b = FakeMember("a"), FakeMember("c"), FakeMember("b")
+        joined(one, "r", a)
+        joined(one, "r", c)
+        joined(two, "r", b)
+        settle(one, two)
+        on_reactor(setattr, one.target, "hand_over", lambda token: (a, moving("a")))
+        request = b"Q" + json.dumps({"t": "token", "n": "nowhere", "r": "x"}).encode()
+        on_reactor(one.target._inbox, request)
+        settle(one, two)
+        assert decoded(b)[-1] == ("leave-client", "a")
+        assert decoded(c)[-1] == ("leave-client", "a")
+        # Still this node's in Redis, though no longer held here: it goes.
+        on_reactor(one.target._check_moved, "c", "r")
+        settle(one, two)
+        assert decoded(b)[-1] == ("leave-client", "c")
+        on_reactor(one.target._check_moved, "b", "r")  # another node's: stays
+        settle(one, two)
+        prefix = on_reactor(lambda: one.target.prefix)
+        assert redis_command(6379, "ZRANGE", f"{prefix}room:r", 0, -1) == [b"b"]

@@ -38,7 +38,7 @@ import os
 import struct
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from twisted.application.service import Service
@@ -55,6 +55,7 @@ from signaling.backplane.redis import (
 from signaling.core import messages
 from signaling.core.clock import Clock, DelayedCall, cancel
 from signaling.core.logbudget import LogBudget
+from signaling.core.resume import Moving, ResumableSession
 from signaling.core.rooms import (
     AlreadyInRoom,
     Identity,
@@ -79,6 +80,11 @@ DEFAULT_PREFIX = "signaling:"
 #: length, target's join number; then the id and the frame.
 _RECORD = struct.Struct(">BIQ")
 _RELAYS = b"R"
+#: Inbox records that move a session: a request for it, and the answer.
+_WANTED = b"Q"
+_HANDED = b"H"
+#: A member that moved here hears of no event until its move is done.
+_NOT_YET = 1 << 62
 #: Seconds a dead node's id is remembered (so that it cannot come back).
 REMEMBER_DEAD = 86400
 #: Join and leave failures logged a minute, of each kind (the rest counted).
@@ -92,7 +98,7 @@ def new_node_id() -> str:
 class _Local:
     """A member this node holds: joined (``number`` set) or joining."""
 
-    __slots__ = ("cancelled", "done", "held", "identity", "member", "number", "room_id")
+    __slots__ = ("cancelled", "done", "held", "identity", "member", "number", "room_id", "since")
 
     def __init__(self, member: Member, room_id: str, done: JoinDone, identity: bytes) -> None:
         self.member = member
@@ -107,6 +113,10 @@ class _Local:
         self.held: list[tuple[bool, int, bytes]] = []
         #: Left while joining: undo the join when its reply comes.
         self.cancelled = False
+        #: Events up to this number are not news to it (it moved here from
+        #: another node, which told it of them, or will be told of them
+        #: when the move is done).
+        self.since = 0
 
 
 class RedisRoom:
@@ -254,6 +264,22 @@ class RedisRooms:
         self._snapshot = self._client.script(scripts.SNAPSHOT)
         self._close_room = self._client.script(scripts.CLOSE_ROOM)
         self._list_rooms = self._client.script(scripts.LIST_ROOMS)
+        self._find_holder = self._client.script(scripts.FIND_HOLDER)
+        self._move = self._client.script(scripts.MOVE)
+        self._leave_if_held = self._client.script(scripts.LEAVE_IF_HELD)
+        #: Moving sessions between nodes (resume elsewhere), set by the
+        #: server: ``hand_over(token)`` lets a session of this node go, as
+        #: (its member, what it takes); ``arrive(moving, room)`` makes the
+        #: member of a session that came here, away until taken over.
+        self.hand_over: Callable[[str], tuple[ResumableSession, Moving] | None] | None = None
+        self.arrive: Callable[[Moving, RedisRoom | None], ResumableSession] | None = None
+        #: Requests for sessions on other nodes: id -> (done, timeout).
+        self._fetching: dict[str, tuple[Callable[[], None], DelayedCall]] = {}
+        #: Members that moved to another node lately: id -> (node, join
+        #: number, until when relays that reach this node are passed on,
+        #: room).
+        self._moved: dict[str, tuple[str, int, float, str]] = {}
+        self.sessions_moved = 0
         self._local: dict[str, _Local] = {}
         self._views: dict[str, RedisRoom] = {}
         self._outbox: dict[str, list[bytes]] = {}
@@ -594,6 +620,10 @@ class RedisRooms:
                 marker.callback(None)
         elif kind == b"S":
             self._sync_arrived(message)
+        elif kind == _WANTED:
+            self._wanted(message)
+        elif kind == _HANDED:
+            self._handed(message)
 
     def _relays_received(self, message: bytes) -> None:
         local = self._local
@@ -609,6 +639,8 @@ class RedisRooms:
             offset += frame_length
             entry = local.get(target)
             if entry is None:
+                if self._moved:
+                    self._pass_on(target, number, frame)
                 continue  # it has left; the sender hears leave-client
             if entry.number == number:
                 entry.member.deliver(frame)
@@ -629,6 +661,11 @@ class RedisRooms:
 
     def _apply(self, view: RedisRoom, event: list[Any]) -> None:
         kind, _, number, member_id = event[0], event[1], event[2], event[3]
+        if kind == "m":  # moved to another node: nothing to tell
+            entry = view.members.get(member_id)
+            if entry is not None and entry[1] == number and member_id not in view.local:
+                view.members[member_id] = (event[4], number)
+            return
         joining = kind == "j"
         if not joining and member_id in self._left_offline:
             self._left_offline.discard(member_id)
@@ -656,8 +693,234 @@ class RedisRooms:
                 continue
             if local.number is None:
                 local.held.append((False, number, frame))
-            elif local.number < number:
+            elif local.number < number and local.since < number:
                 local.member.deliver(frame)
+
+    # -- sessions moving between nodes (a resume on another node) ----------------------
+    #
+    # The node B where a client resumes with a token it does not hold finds
+    # the holder A (``P resume:T``) and asks it on its inbox (_WANTED). A
+    # lets the session go without a leave and answers on B's inbox
+    # (_HANDED) with what the session takes and its place in the room, then
+    # passes on to B the relays that still reach it for the member (for
+    # twice the node timeout). B makes the session (away, under its token),
+    # holds it as a member at once, and moves it in Redis (MOVE, which
+    # tells the room's nodes where it is now); the join and leave events
+    # the member missed meanwhile are worked out from A's view of the room
+    # and the one MOVE returns.
+
+    def issued(self, token: str, client_id: str, ttl: float) -> None:
+        if self._client.connected:
+            value = f"{self.node_id} {client_id}"
+            self._client.execute(
+                b"SET", self._resume_key(token), value, b"PX", int(ttl * 1000)
+            ).addErrback(lambda _: None)
+
+    def used(self, token: str) -> None:
+        if self._client.connected:
+            self._client.execute(b"DEL", self._resume_key(token)).addErrback(lambda _: None)
+
+    def _resume_key(self, token: str) -> bytes:
+        return self._prefix_bytes + b"resume:" + token.encode()
+
+    def fetch(self, token: str, done: Callable[[], None]) -> None:
+        if not self.available or self.hand_over is None or self.arrive is None:
+            done()
+            return
+        request = urlsafe_b64encode(os.urandom(9)).decode()
+        timer = self._clock.callLater(self._start_wait, self._fetched, request)
+        self._fetching[request] = (done, timer)
+
+        def found(node: bytes | None) -> None:
+            if node is None or request not in self._fetching:
+                self._fetched(request)
+                return
+            message = _WANTED + orjson.dumps({"t": token, "n": self.node_id, "r": request})
+            self._client.publish(self._channel(node.decode()), message).addCallbacks(
+                lambda receivers: None if receivers else self._fetched(request),
+                lambda _: self._fetched(request),
+            )
+
+        self._client.run_script(
+            self._find_holder, args=(self.prefix, token, self.node_id)
+        ).addCallbacks(found, lambda _: self._fetched(request))
+
+    def _fetched(self, request: str) -> None:
+        """The request for a session is over (here, or not coming)."""
+        entry = self._fetching.pop(request, None)
+        if entry is not None:
+            cancel(entry[1])
+            entry[0]()
+
+    def _wanted(self, message: bytes) -> None:
+        """Another node asks for the session of a token this node holds."""
+        try:
+            request = orjson.loads(message[1:])
+            token, node, request_id = str(request["t"]), str(request["n"]), request["r"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        answer: dict[str, Any] = {"r": request_id, "from": self.node_id}
+        handed = None
+        if self.hand_over is not None and not self._stopping and node != self.node_id:
+            handed = self.hand_over(token)
+        left: _Local | None = None
+        if handed is not None:
+            member, moving = handed
+            answer["s"] = moving.to_json()
+            client_id = member.client_id
+            local = self._local.get(client_id)
+            if local is not None and local.number is not None:
+                del self._local[client_id]
+                view = self._views.get(local.room_id)
+                answer["room"] = local.room_id
+                answer["number"] = local.number
+                answer["identity"] = local.identity.decode()
+                answer["members"] = (
+                    [[m, n] for m, (_, n) in view.members.items()] if view is not None else []
+                )
+                self._forget(local)
+                view = self._views.get(local.room_id)
+                if view is not None:  # the others here relay to it there now
+                    view.members[client_id] = (node, local.number)
+                until = self._clock.seconds() + 2 * self.ttl
+                self._moved[client_id] = (node, local.number, until, local.room_id)
+                left = local
+            self.sessions_moved += 1
+        self._flush()  # what was relayed to it before goes first
+        self._client.publish(self._channel(node), _HANDED + orjson.dumps(answer)).addCallbacks(
+            self._handed_on, self._not_handed_on, callbackArgs=(left,), errbackArgs=(left,)
+        )
+
+    def _handed_on(self, receivers: int, left: _Local | None) -> None:
+        if not receivers:
+            self._not_handed_on(None, left)
+
+    def _not_handed_on(self, failure: Failure | None, left: _Local | None) -> None:
+        """The node that asked for a session did not get it: it is gone, and
+        so must its member be."""
+        if left is None:
+            return
+        client_id = left.member.client_id
+        self._moved.pop(client_id, None)
+        _log.warn("A session moving to another node was lost: {client_id}", client_id=client_id)
+        self._send_leave(left.room_id, client_id, self._views.get(left.room_id))
+
+    def _check_moved(self, client_id: str, room_id: str) -> None:
+        """A member handed over a while ago: if the node it went to never
+        moved it in Redis (it died meanwhile), it is still this node's
+        there, and must go."""
+        if self._client.connected and not self._stopping:
+            self._client.run_script(
+                self._leave_if_held, args=(self.prefix, room_id, client_id, self.node_id)
+            ).addErrback(self._beat_failed)
+
+    def _pass_on(self, target: str, number: int, frame: bytes) -> None:
+        """A relay for a member that moved to another node lately: there."""
+        moved = self._moved.get(target)
+        if moved is None or moved[1] != number:
+            return
+        try:
+            self._relay(moved[0], target, number, frame)
+        except RoomsUnavailable:
+            self.relays_lost += 1
+
+    def _handed(self, message: bytes) -> None:
+        """The answer of the node asked for a session."""
+        answer = orjson.loads(message[1:])
+        request = answer.get("r")
+        state = answer.get("s")
+        if state is None or self.arrive is None or self._stopping:
+            self._fetched(request)
+            return
+        moving = Moving.from_json(state)
+        room_id = answer.get("room")
+        if room_id is None:  # in no room: nothing to move
+            self.arrive(moving, None)
+            self._fetched(request)
+            return
+        number = int(answer["number"])
+        view = self._views.get(room_id)
+        if view is None:
+            view = self._views[room_id] = RedisRoom(self, room_id)
+        member = self.arrive(moving, view)
+        client_id = member.client_id
+        identity = str(answer.get("identity") or "").encode()
+        local = _Local(member, room_id, _no_answer, identity)
+        local.number = number
+        local.since = _NOT_YET
+        self._local[client_id] = local
+        view.local[client_id] = local
+        view.here[client_id] = local
+        if view.ready:
+            view.members[client_id] = (self.node_id, number)
+        before = {str(m): int(n) for m, n in answer.get("members", [])}
+        self._flush()
+        self._client.run_script(
+            self._move,
+            args=(self.prefix, room_id, client_id, number, str(answer["from"]), self.node_id),
+        ).addCallbacks(
+            self._moved_here,
+            self._not_moved_here,
+            callbackArgs=(local, before, request),
+            errbackArgs=(local, request),
+        )
+
+    def _moved_here(
+        self, reply: list[Any], local: _Local, before: dict[str, int], request: str
+    ) -> None:
+        client_id = local.member.client_id
+        if reply[0] != b"ok":
+            self._drop_arrival(local, leave=False)
+            self._fetched(request)
+            return
+        view = self._views.get(local.room_id)
+        if view is None or self._local.get(client_id) is not local:
+            self._fetched(request)  # it left (or this node let go) meanwhile
+            return
+        counter = int(reply[1])
+        identities = _identities(reply[2])
+        now = {
+            reply[i].decode(): (reply[i + 2].decode(), int(reply[i + 1]))
+            for i in range(3, len(reply), 3)
+        }
+        # What the member missed while moving: the room as the old node
+        # last told it, against the room now (at event ``counter``).
+        member = local.member
+        for member_id in before:
+            if member_id != client_id and member_id not in now:
+                member.deliver(messages.leave_client(member_id))
+        for member_id in now:
+            if member_id != client_id and member_id not in before:
+                member.deliver(messages.new_client(member_id, identities.get(member_id)))
+        local.since = counter
+        if not view.ready:
+            view.members = now
+            view.members[client_id] = (self.node_id, local.number or 0)
+            view.number = counter
+            view.ready = True
+            early, view.early = view.early, []
+            for event in early:
+                self._apply(view, event)
+        self._fetched(request)
+
+    def _not_moved_here(self, failure: Failure, local: _Local, request: str) -> None:
+        if not failure.check(Unavailable) and self._log_budget.allow("Redis move failure"):
+            _log.failure("Moving a session in Redis failed", failure)
+        self._drop_arrival(local, leave=True)
+        self._fetched(request)
+
+    def _drop_arrival(self, local: _Local, leave: bool) -> None:
+        """A session that came here but whose member could not be moved (it
+        is gone from its room, or Redis failed): it ends, without a
+        ``leave-client`` from here unless ``leave``."""
+        client_id = local.member.client_id
+        if self._local.get(client_id) is not local:
+            return
+        del self._local[client_id]
+        view = self._forget(local)
+        if leave:
+            self._send_leave(local.room_id, client_id, view)
+        cast(ResumableSession, local.member).abort()
 
     # -- the whole cluster (admin) ---------------------------------------------------
 
@@ -850,6 +1113,12 @@ class RedisRooms:
 
     def _tick(self) -> None:
         self._beat_call = None
+        if self._moved:
+            now = self._clock.seconds()
+            for client_id, (_, _, until, room_id) in list(self._moved.items()):
+                if until < now:
+                    del self._moved[client_id]
+                    self._check_moved(client_id, room_id)
         if self._client.connected:
             self._beat()
         self._schedule_beat()
@@ -1042,6 +1311,10 @@ class RedisRooms:
             frame = messages.new_client(member_id, identities.get(member_id))
             self._notify(view, member_id, number, frame)
         view.number = max(view.number, counter)
+
+
+def _no_answer(outcome: Joined | JoinRefused) -> None:
+    """The ``done`` of a member that moved here (it joined elsewhere)."""
 
 
 def _identities(flat: list[bytes]) -> dict[str, Identity]:

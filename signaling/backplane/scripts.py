@@ -12,14 +12,19 @@ Every script takes the key prefix as ``ARGV[1]``. Keys (``P`` is the prefix):
 - ``P nodes``: the set of live nodes; ``P node:N:alive``: a key with a TTL
   that node N refreshes; ``P node:N:dead``: set when N was declared dead;
 - ``P beat``: when (Redis's clock, ms) any node last refreshed its key;
-- ``P grace``: set (with a TTL) after an outage while nodes re-register.
+- ``P grace``: set (with a TTL) after an outage while nodes re-register;
+- ``P resume:T``: ``"NODE CLIENT"``, the node that holds the session of
+  resume token T (with a TTL: the resume grace and a margin).
 
 Each change is published, as a JSON array, to the inbox channel
 ``P inbox:N`` of every node with members in the room after it:
 ``["j", room, number, member, node, identity]`` for a join (identity: its
 JSON text, or ``""``), ``["l", room, number,
-member]`` for a leave, ``["c", room, 0, reason]`` when the operator closes
-the room. Inboxes also carry relayed frames (see rooms.py).
+member]`` for a leave, ``["m", room, number, member, node]`` when a member
+(its join ``number``) moves to another node (a resume there; no notice to
+the members), ``["c", room, 0, reason]`` when the operator closes
+the room. Inboxes also carry relayed frames and the requests and answers
+that move a session between nodes (see rooms.py).
 """
 
 from __future__ import annotations
@@ -331,3 +336,68 @@ for _, room in ipairs(redis.call('SMEMBERS', P .. 'rooms')) do
 end
 return reply
 """
+
+#: ARGV: prefix, resume token, this node. Returns the live node, other than
+#: this one, that holds the session of the token, or nil.
+FIND_HOLDER = b"""
+local P, token, me = ARGV[1], ARGV[2], ARGV[3]
+local value = redis.call('GET', P .. 'resume:' .. token)
+if not value then
+  return nil
+end
+local node = string.match(value, '^(%S+)')
+if not node or node == me or redis.call('EXISTS', P .. 'node:' .. node .. ':alive') == 0 then
+  return nil
+end
+return node
+"""
+
+#: ARGV: prefix, room, member, its join number, the node that held it, the
+#: node it moves to. Moves the member (its place in the room, its join
+#: number and identity unchanged) and tells the room's nodes (``"m"``).
+#: Returns ``{"ok", counter, {member, identity, ...}, member, number,
+#: node, ...}`` like a join (the event counter now, then the room), or
+#: ``{"gone"}`` if the member is no longer the old node's in that room,
+#: ``{"dead"}`` if the new node was declared dead.
+MOVE = (
+    _COMMON
+    + b"""
+local room, member, number, from, to = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+if redis.call('EXISTS', P .. 'node:' .. to .. ':dead') == 1 then
+  return {'dead'}
+end
+local key = P .. 'room:' .. room
+local score = redis.call('ZSCORE', key, member)
+local holder = redis.call('HGET', key .. ':nodes', member)
+if not score or tonumber(score) ~= number or holder ~= from then
+  return {'gone'}
+end
+redis.call('HSET', key .. ':nodes', member, to)
+redis.call('HDEL', P .. 'node:' .. from, member)
+redis.call('HSET', P .. 'node:' .. to, member, room)
+publish_room(room, cjson.encode({'m', room, number, member, to}))
+local reply = {'ok', redis.call('GET', P .. 'seq') or '0', redis.call('HGETALL', key .. ':ids')}
+for _, field in ipairs(members_of(key)) do
+  reply[#reply + 1] = field
+end
+return reply
+"""
+)
+
+#: ARGV: prefix, room, member, node. Removes the member (as LEAVE) if it is
+#: still the node's: a member the node handed over to another node that
+#: never moved it (it died meanwhile). Returns the leave's number, or nil.
+LEAVE_IF_HELD = (
+    _COMMON
+    + b"""
+local room, member, node = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', P .. 'room:' .. room .. ':nodes', member) ~= node then
+  return nil
+end
+local number = remove(room, member)
+if number then
+  return number
+end
+return nil
+"""
+)

@@ -16,6 +16,7 @@ from signaling.core.rooms import LocalRooms, Rooms
 from signaling.core.stats import Stats
 
 if TYPE_CHECKING:
+    from signaling.core.resume import SessionMover
     from signaling.core.session import Session
 
 
@@ -57,6 +58,9 @@ class Hub:
         self.address_counts: Counter[str] = Counter()
         #: The resume token of each session that may resume (single use).
         self.resume_tokens: dict[str, Session] = {}
+        #: Finds the resume tokens of other processes (rooms across
+        #: processes); None: a resume works on this process alone.
+        self.session_mover: SessionMover | None = None
         #: Sessions in ``sessions`` whose connection dropped (state AWAY).
         self.sessions_away = 0
         self.started_at = clock.seconds()

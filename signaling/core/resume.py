@@ -21,8 +21,10 @@ with 4003): ``notify-client-id`` with the same id, a new token and
 is used once; an unknown one, or an N older than what is kept, gets
 ``resume_failed`` and a fresh session.
 
-Only this process knows its tokens: with rooms across processes (Redis), a
-resume works on the process the client was connected to.
+With rooms across processes (Redis), a token unknown here may be another
+process's: ``hub.session_mover`` (a :class:`SessionMover`) finds it, and the
+session moves here (:func:`hand_over` on the process that held it,
+:func:`arrive` on this one) before it is taken over as above.
 """
 
 from __future__ import annotations
@@ -31,11 +33,15 @@ import math
 import secrets
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from signaling.core import messages
+from signaling.core.access import Grant
 from signaling.core.clock import DelayedCall, cancel
 from signaling.core.hub import Hub
-from signaling.core.session import AWAY, IN_ROOM, LOBBY, NO_WIRE, Session, Wire
+from signaling.core.rooms import Room
+from signaling.core.session import AWAY, CLOSED, IN_ROOM, LOBBY, NO_WIRE, Session, Wire
 
 #: Close code of a connection whose session a newer one took over.
 CLOSE_RESUMED_ELSEWHERE = 4003
@@ -53,6 +59,73 @@ def window(hub: Hub) -> float:
     if limits.ping_interval <= 0:
         return math.inf
     return limits.ping_interval + 2 * limits.ping_timeout
+
+
+@dataclass
+class Moving:
+    """What a session that moves to another process takes with it (the
+    rooms add its membership)."""
+
+    client_id: str
+    token: str
+    #: The seq of the last frame sent or kept, and of the last one sent
+    #: before the connection dropped (``seq`` if still connected).
+    seq: int
+    away_seq: int
+    #: The kept frames, oldest first: (seq, encoded frame with its seq).
+    frames: list[tuple[int, bytes]]
+    #: Seconds left of the grace (the whole grace if it was connected).
+    grace_left: float
+    in_room: bool
+    #: The identity the gate granted (None: no gate let it in).
+    granted: dict[str, Any] | None = None
+    address: str = ""
+    room_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "token": self.token,
+            "seq": self.seq,
+            "away_seq": self.away_seq,
+            "frames": [[s, f.decode()] for s, f in self.frames],
+            "grace_left": self.grace_left,
+            "in_room": self.in_room,
+            "granted": self.granted,
+            "address": self.address,
+            "room_id": self.room_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Moving:
+        return cls(
+            str(data["client_id"]),
+            str(data["token"]),
+            int(data["seq"]),
+            int(data["away_seq"]),
+            [(int(s), f.encode()) for s, f in data["frames"]],
+            float(data["grace_left"]),
+            bool(data["in_room"]),
+            data.get("granted"),
+            str(data.get("address", "")),
+            data.get("room_id"),
+        )
+
+
+class SessionMover(Protocol):
+    """Where the resume tokens of other processes are found (rooms across
+    processes); ``hub.session_mover`` is None on a single process."""
+
+    def issued(self, token: str, client_id: str, ttl: float) -> None:
+        """``token`` now resumes ``client_id`` here, for ``ttl`` seconds at most."""
+
+    def used(self, token: str) -> None:
+        """``token`` resumes nothing any more (used, or its session ended)."""
+
+    def fetch(self, token: str, done: Callable[[], None]) -> None:
+        """Bring the session of ``token`` here if another process holds it
+        (it is then in ``hub.resume_tokens``, away); ``done`` is called
+        once, when it is here or will not come (within a timeout)."""
 
 
 def new_token() -> str:
@@ -100,7 +173,16 @@ class ResumableSession(Session):
     """A session opened with ``?resume=1``: numbers and keeps its frames,
     and may go away and be taken over by a new connection."""
 
-    __slots__ = ("_away_seq", "_away_timer", "_before_away", "_ending", "replay", "seq", "token")
+    __slots__ = (
+        "_away_seq",
+        "_away_timer",
+        "_away_until",
+        "_before_away",
+        "_ending",
+        "replay",
+        "seq",
+        "token",
+    )
 
     def __init__(
         self,
@@ -119,6 +201,8 @@ class ResumableSession(Session):
         self.token: str | None = None
         self._away_timer: DelayedCall | None = None
         self._away_seq = 0
+        #: When the grace of an away session ends (the clock's seconds).
+        self._away_until = 0.0
         self._before_away = LOBBY
         self._ending = False
 
@@ -127,11 +211,17 @@ class ResumableSession(Session):
         return messages.notify_client_id(self.client_id, self._new_token(), resumed=False)
 
     def _new_token(self) -> str:
-        tokens = self.hub.resume_tokens
+        hub = self.hub
+        tokens = hub.resume_tokens
+        mover = hub.session_mover
         if self.token is not None:
             tokens.pop(self.token, None)
+            if mover is not None:
+                mover.used(self.token)
         self.token = token = new_token()
         tokens[token] = self
+        if mover is not None:
+            mover.issued(token, self.client_id, _token_ttl(hub))
         return token
 
     # -- frames ------------------------------------------------------------------
@@ -175,7 +265,11 @@ class ResumableSession(Session):
         self._cancel_join_timer()
         self._away_seq = self.seq
         hub.sessions_away += 1
+        self._away_until = hub.clock.seconds() + grace
         self._away_timer = hub.clock.callLater(grace, self._expire)
+        if hub.session_mover is not None and self.token is not None:
+            # From now on its token must outlive the grace elsewhere too.
+            hub.session_mover.issued(self.token, self.client_id, _token_ttl(hub))
         hub.log.debug("away {client_id}", client_id=self.client_id)
 
     def _expire(self) -> None:
@@ -208,6 +302,8 @@ class ResumableSession(Session):
         token, self.token = self.token, None
         if token is not None:
             self.hub.resume_tokens.pop(token, None)
+            if self.hub.session_mover is not None:
+                self.hub.session_mover.used(token)
 
     def close(self, code: int, reason: str, timeout: float | None = None) -> None:
         if self.state is AWAY:  # admin, shutdown: nothing to wait for
@@ -262,6 +358,110 @@ class ResumableSession(Session):
         welcome = messages.notify_client_id(self.client_id, self._new_token(), resumed=True)
         self.messages_out += 1 + len(frames)
         return [welcome, *frames]
+
+    # -- moving to another process --------------------------------------------------
+
+    def hand_over(self) -> Moving | None:
+        """Leave this process for another, keeping the room (no
+        ``leave-client``): what the session takes with it, or None if it
+        cannot move now (joining, closing). A connection it still has is
+        closed with 4003, as a resume here does."""
+        state = self.state
+        if not (state is AWAY or state is LOBBY or state is IN_ROOM):
+            return None
+        hub = self.hub
+        token = self.token
+        assert token is not None
+        room_id = self.room.room_id if self.room is not None else None
+        if state is AWAY:
+            left = self._away_until - hub.clock.seconds()
+            in_room = self._before_away is IN_ROOM
+            away_seq = self._away_seq
+            self._back()
+        else:
+            left = hub.limits.resume_grace
+            in_room = state is IN_ROOM
+            away_seq = self.seq
+        granted = self._granted
+        moving = Moving(
+            self.client_id,
+            token,
+            self.seq,
+            away_seq,
+            [(s, frame) for s, _, frame in self.replay.frames],
+            max(left, 0.0),
+            in_room,
+            dict(granted[1].identity) if granted is not None else None,
+            self.address,
+            room_id,
+        )
+        # Gone from here without a leave: the room (and the gate) keep it.
+        self._granted = None
+        self.room = None
+        self.token = None
+        hub.resume_tokens.pop(token, None)
+        self._cancel_join_timer()
+        old, self.wire = self.wire, NO_WIRE
+        self.state = CLOSED
+        old.close(CLOSE_RESUMED_ELSEWHERE, "resumed elsewhere")
+        hub.closed_messages_in += self.messages_in
+        hub.closed_messages_out += self.messages_out
+        key = self.limit_key
+        if hub.sessions.pop(self.client_id, None) is not None and key is not None:
+            counts = hub.address_counts
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
+        hub.stats.sessions_moved_out += 1
+        hub.log.debug("session {client_id} moved to another process", client_id=self.client_id)
+        return moving
+
+
+def hand_over(hub: Hub, token: str) -> tuple[ResumableSession, Moving] | None:
+    """The session of ``token`` leaves this process (see
+    :meth:`ResumableSession.hand_over`), or None if there is none to move."""
+    session = hub.resume_tokens.get(token)
+    if not isinstance(session, ResumableSession) or hub.limits.resume_grace <= 0:
+        return None
+    moving = session.hand_over()
+    return None if moving is None else (session, moving)
+
+
+def arrive(hub: Hub, moving: Moving, room: Room | None = None) -> ResumableSession:
+    """A session that moved here from another process: away, under its
+    token, until its client takes it over (or the grace left ends), in
+    ``room`` (this process's view of it, where the rooms put it)."""
+    session = ResumableSession(hub, NO_WIRE, moving.client_id, moving.address, None)
+    session.room = room
+    hub.sessions[session.client_id] = session
+    hub.stats.connections_total += 1
+    session.seq = moving.seq
+    replay = session.replay
+    for seq, frame in moving.frames:
+        replay.frames.append((seq, 0.0, frame))
+        replay.size += len(frame)
+    if moving.granted is not None and moving.room_id is not None:
+        session._granted = (moving.room_id, Grant(identity=moving.granted))
+    session.state = AWAY
+    session._before_away = IN_ROOM if moving.in_room else LOBBY
+    session._away_seq = moving.away_seq
+    hub.sessions_away += 1
+    left = max(moving.grace_left, 0.0)
+    session._away_until = hub.clock.seconds() + left
+    session._away_timer = hub.clock.callLater(left, session._expire)
+    session.token = moving.token
+    hub.resume_tokens[moving.token] = session
+    if hub.session_mover is not None:
+        hub.session_mover.issued(moving.token, session.client_id, _token_ttl(hub))
+    hub.stats.sessions_moved_in += 1
+    return session
+
+
+def _token_ttl(hub: Hub) -> float:
+    """How long a token is remembered across processes: the grace and a
+    margin (a connected session's token lasts while it is connected: it is
+    recorded again at every resume)."""
+    return hub.limits.resume_grace + 60.0
 
 
 def connect(

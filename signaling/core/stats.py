@@ -43,6 +43,9 @@ class Stats:
         self.sessions_resumed = 0
         #: Away sessions that ended unresumed (grace over, or too much kept).
         self.sessions_expired = 0
+        #: Sessions that moved to or from another process (--redis resumes).
+        self.sessions_moved_in = 0
+        self.sessions_moved_out = 0
         self.tls_failures = 0
         self.refused_handshakes: Counter[int] = Counter()
         #: Requests with X-Forwarded-For or Forwarded while --trust-proxy is 0.

@@ -663,6 +663,16 @@ def _shared_rooms(config: Options, reactor: Any) -> tuple[Any, Any]:
     return rooms, RedisRoomsService(rooms)
 
 
+def _move_sessions(hub: Any, rooms: Any) -> None:
+    """A resume on another process moves the session there (see
+    signaling.core.resume and RedisRooms)."""
+    from signaling.core import resume
+
+    hub.session_mover = rooms
+    rooms.hand_over = lambda token: resume.hand_over(hub, token)
+    rooms.arrive = lambda moving, room: resume.arrive(hub, moving, room)
+
+
 class GatesService(Service):
     """Closes the gates that hold connections (a webhook's) at shutdown."""
 
@@ -747,6 +757,8 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         clock=reactor, limits=config.limits, rooms=rooms, trust_proxy=config["trust-proxy"]
     )
     factory.hub.degraded_status = 503 if config["degraded-503"] else 200
+    if rooms is not None:
+        _move_sessions(factory.hub, rooms)
     gates = _gates(config, factory, reactor)
     if gates:
         factory.hub.gate = gates[0] if len(gates) == 1 else Gates(gates)

@@ -125,6 +125,16 @@ class SignalingCollector(Collector):
             stats.sessions_expired,
         )
         yield CounterMetricFamily(
+            "signaling_sessions_moved_in",
+            "Sessions that came from another process to resume here (--redis).",
+            stats.sessions_moved_in,
+        )
+        yield CounterMetricFamily(
+            "signaling_sessions_moved_out",
+            "Sessions that left for another process to resume there (--redis).",
+            stats.sessions_moved_out,
+        )
+        yield CounterMetricFamily(
             "signaling_tls_failures",
             "TLS connections that failed before a WebSocket opened: failed TLS "
             "handshakes (no common version or cipher, plain HTTP on a TLS port) "

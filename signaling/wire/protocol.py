@@ -406,6 +406,32 @@ class SignalingProtocol(WebSocketServerProtocol):
         factory = self.factory
         factory.admission.release(cast(ITransport, self.transport))
         resume = self._resume
+        hub = factory.hub
+        if (
+            resume is not None
+            and resume[1] is not None
+            and hub.session_mover is not None
+            and hub.limits.resume_grace > 0
+            and resume[1] not in hub.resume_tokens
+        ):
+            # Another process may hold the session: it moves here first.
+            # Nothing is read meanwhile (the client has no answer yet).
+            cast(Any, self.transport).pauseProducing()
+            hub.session_mover.fetch(resume[1], self._fetched)
+            return
+        self._open()
+
+    def _fetched(self) -> None:
+        """The session to resume is here, or will not come: carry on."""
+        transport: Any = self.transport
+        if transport is None or self.state != self.STATE_OPEN:
+            return  # gone meanwhile; a session that came stays away, resumable
+        transport.resumeProducing()
+        self._open()
+
+    def _open(self) -> None:
+        factory = self.factory
+        resume = self._resume
         if resume is None:
             self.session = session = Session(
                 factory.hub, self, new_client_id(), self.peer or "", self.limit_key, self._url_token
