@@ -419,7 +419,7 @@ def test_a_resume_on_another_process_moves_the_session(
         assert wait_for(lambda: not [k for k in redis_keys(prefix) if ":room:" in k])
         again.send_close(1000)
         assert again.recv_close()[0] == 1000
-    assert wait_for(lambda: not [k for k in redis_keys(prefix) if ":resume:" in k])
+    assert wait_for(lambda: not [k for k in redis_keys(prefix) if k.endswith(":resume")])
     # The token was used: on its first process it resumes nothing.
     with opted_in(one, f"resume_token={token}&last_seq=3") as late:
         assert [m["payload"]["code"] for m in late.before] == ["resume_failed"]
@@ -468,3 +468,47 @@ def test_a_resume_whose_process_was_killed_fails_and_the_room_hears_the_leave(
     with opted_in(two, resume) as later:
         assert [m["payload"]["code"] for m in later.before] == ["resume_failed"]
     assert time.monotonic() - started < 0.5
+
+
+def test_a_session_moved_there_and_back_stays_in_its_room(
+    cluster: Start, clients: Any, prefix: str
+) -> None:
+    """One to two and back to one within the forwarding time: one holds the
+    member again, and must not remove it when that time ends."""
+    options = ("--node-timeout", "1")
+    one, two = cluster(*options), cluster(*options)
+    a = opted_in(one)
+    a.send("join", {"room_id": "r"})
+    assert a.recv_json()["seq"] == 1  # joined
+    b = clients(two)
+    assert b.join("r") == [a.id]
+    assert a.recv_json()["seq"] == 2  # new-client b
+    a.reset()
+    moved = opted_in(two, f"resume_token={a.hello['resume_token']}&last_seq=2")
+    assert moved.id == a.id and moved.hello["resumed"] is True
+    moved.reset()
+    back = opted_in(one, f"resume_token={moved.hello['resume_token']}&last_seq=2")
+    assert back.id == a.id and back.hello["resumed"] is True
+    time.sleep(3.5)  # 2 x --node-timeout, and a heartbeat
+    assert silent(b)
+    back.send("offer", {"client_id": b.id, "sdp": "still here"})
+    assert b.expect("offer") == {"client_id": a.id, "sdp": "still here"}
+
+
+def test_a_token_used_on_another_process_closes_the_owner_with_4003(
+    cluster: Start, clients: Any, prefix: str
+) -> None:
+    one, two = cluster(), cluster()
+    a = opted_in(one)
+    a.send("join", {"room_id": "r"})
+    assert a.recv_json()["seq"] == 1
+    b = clients(two)
+    assert b.join("r") == [a.id]
+    assert a.recv_json()["seq"] == 2
+    with opted_in(two, f"resume_token={a.hello['resume_token']}&last_seq=2") as thief:
+        assert thief.before == [] and thief.id == a.id
+        assert a.recv_close()[0] == 4003
+        assert silent(b)
+        away = [metric_values(p.port)["signaling_sessions_away"] for p in (one, two)]
+        assert away == [0, 0]
+    a.close()

@@ -698,7 +698,7 @@ def test_a_moved_member_hears_what_changed_while_moving_and_late_relays_follow_i
         on_reactor(setattr, one.target, "hand_over", hand_over)
         on_reactor(setattr, two.target, "hand_over", lambda token: None)
         on_reactor(setattr, two.target, "arrive", arrive)
-        on_reactor(one.target.issued, "token-of-a", "a", 30.0)
+        on_reactor(one.target.issued, "token-of-a", "a")
         on_reactor(two.target.fetch, "token-of-a", lambda: fetched.append(True))
         assert wait_for(lambda: fetched)
         assert calls == ["token-of-a"]
@@ -753,3 +753,51 @@ def test_a_member_handed_over_to_no_node_leaves_its_room() -> None:
         settle(one, two)
         prefix = on_reactor(lambda: one.target.prefix)
         assert redis_command(6379, "ZRANGE", f"{prefix}room:r", 0, -1) == [b"b"]
+
+
+def test_a_member_that_left_and_rejoined_while_another_moved_is_told_both() -> None:
+    """c leaves and joins again (same id, a new join number) while a moves:
+    a hears both, as the members that stayed do."""
+    with nodes(3) as (one, two, three):
+        a, e, c, b = FakeMember("a"), FakeMember("e"), FakeMember("c"), FakeMember("b")
+        joined(one, "r", a)
+        joined(one, "r", e)
+        joined(three, "r", c)
+        joined(two, "r", b)
+        settle(one, two, three)
+        arrived = FakeMember("a")
+        outcomes: list[Any] = []
+
+        def hand_over(token: str) -> tuple[FakeMember, Any]:
+            three.target.leave(c)
+            three.target.join("r", c, outcomes.append)
+            return a, moving("a")
+
+        fetched: list[bool] = []
+        on_reactor(setattr, one.target, "hand_over", hand_over)
+        on_reactor(setattr, two.target, "hand_over", lambda token: None)
+        on_reactor(setattr, two.target, "arrive", lambda state, room: arrived)
+        on_reactor(one.target.issued, "token-of-a", "a")
+        on_reactor(two.target.fetch, "token-of-a", lambda: fetched.append(True))
+        assert wait_for(lambda: fetched)
+        settle(one, two, three)
+        assert len(outcomes) == 1
+        assert decoded(e)[-2:] == [("leave-client", "c"), ("new-client", "c")]
+        assert decoded(arrived) == [("leave-client", "c"), ("new-client", "c")]
+
+
+def test_resume_tokens_live_with_their_node_not_for_a_time() -> None:
+    """A connected session's token must be found by other nodes however long
+    it has been connected: it is kept without a TTL in its node's hash, and
+    goes with the node."""
+    with nodes(1) as (one,):
+        on_reactor(one.target.issued, "token-1", "a")
+        key = f"{one.target.prefix}node:{one.target.node_id}:resume"
+        assert wait_for(lambda: redis_command(6379, "HGET", key, "token-1") == b"a")
+        assert redis_command(6379, "TTL", key) == -1
+        on_reactor(one.target.used, "token-1")
+        assert wait_for(lambda: redis_command(6379, "EXISTS", key) == 0)
+        on_reactor(one.target.issued, "token-2", "b")
+        assert wait_for(lambda: redis_command(6379, "EXISTS", key) == 1)
+        on_reactor(one.target.stop)
+        assert wait_for(lambda: redis_command(6379, "EXISTS", key) == 0)

@@ -87,6 +87,9 @@ _HANDED = b"H"
 _NOT_YET = 1 << 62
 #: Seconds a dead node's id is remembered (so that it cannot come back).
 REMEMBER_DEAD = 86400
+#: Close code of a session that arrived from another node but could not be
+#: moved in Redis after all (as for a node declared dead: reconnect).
+CLOSE_LOST_IN_MOVE = 1012
 #: Join and leave failures logged a minute, of each kind (the rest counted).
 LOG_FAILURES_PER_MINUTE = 10
 
@@ -699,7 +702,7 @@ class RedisRooms:
     # -- sessions moving between nodes (a resume on another node) ----------------------
     #
     # The node B where a client resumes with a token it does not hold finds
-    # the holder A (``P resume:T``) and asks it on its inbox (_WANTED). A
+    # the holder A (``P node:A:resume`` has T) and asks it on its inbox (_WANTED). A
     # lets the session go without a leave and answers on B's inbox
     # (_HANDED) with what the session takes and its place in the room, then
     # passes on to B the relays that still reach it for the member (for
@@ -709,19 +712,20 @@ class RedisRooms:
     # the member missed meanwhile are worked out from A's view of the room
     # and the one MOVE returns.
 
-    def issued(self, token: str, client_id: str, ttl: float) -> None:
+    def issued(self, token: str, client_id: str) -> None:
+        """The session of ``client_id`` here may resume with ``token``, on
+        any node, for as long as this node lives (or until ``used``)."""
         if self._client.connected:
-            value = f"{self.node_id} {client_id}"
-            self._client.execute(
-                b"SET", self._resume_key(token), value, b"PX", int(ttl * 1000)
-            ).addErrback(lambda _: None)
+            self._client.execute(b"HSET", self._resume_key(), token, client_id).addErrback(
+                lambda _: None
+            )
 
     def used(self, token: str) -> None:
         if self._client.connected:
-            self._client.execute(b"DEL", self._resume_key(token)).addErrback(lambda _: None)
+            self._client.execute(b"HDEL", self._resume_key(), token).addErrback(lambda _: None)
 
-    def _resume_key(self, token: str) -> bytes:
-        return self._prefix_bytes + b"resume:" + token.encode()
+    def _resume_key(self) -> bytes:
+        return self._prefix_bytes + b"node:" + self.node_id.encode() + b":resume"
 
     def fetch(self, token: str, done: Callable[[], None]) -> None:
         if not self.available or self.hand_over is None or self.arrive is None:
@@ -844,6 +848,8 @@ class RedisRooms:
             view = self._views[room_id] = RedisRoom(self, room_id)
         member = self.arrive(moving, view)
         client_id = member.client_id
+        # Back here within the forwarding time: this node holds it again.
+        self._moved.pop(client_id, None)
         identity = str(answer.get("identity") or "").encode()
         local = _Local(member, room_id, _no_answer, identity)
         local.number = number
@@ -886,11 +892,13 @@ class RedisRooms:
         # What the member missed while moving: the room as the old node
         # last told it, against the room now (at event ``counter``).
         member = local.member
-        for member_id in before:
-            if member_id != client_id and member_id not in now:
+        # A member there before and now under another join number left and
+        # joined again meanwhile: both are news.
+        for member_id, number in before.items():
+            if member_id != client_id and (member_id not in now or now[member_id][1] != number):
                 member.deliver(messages.leave_client(member_id))
-        for member_id in now:
-            if member_id != client_id and member_id not in before:
+        for member_id, (_, number) in now.items():
+            if member_id != client_id and before.get(member_id) != number:
                 member.deliver(messages.new_client(member_id, identities.get(member_id)))
         local.since = counter
         if not view.ready:
@@ -920,7 +928,10 @@ class RedisRooms:
         view = self._forget(local)
         if leave:
             self._send_leave(local.room_id, client_id, view)
-        cast(ResumableSession, local.member).abort()
+        # It ends (a server's close is no drop: it does not go away again).
+        cast(ResumableSession, local.member).close(
+            CLOSE_LOST_IN_MOVE, "session lost while moving; reconnect"
+        )
 
     # -- the whole cluster (admin) ---------------------------------------------------
 
@@ -1118,7 +1129,8 @@ class RedisRooms:
             for client_id, (_, _, until, room_id) in list(self._moved.items()):
                 if until < now:
                     del self._moved[client_id]
-                    self._check_moved(client_id, room_id)
+                    if client_id not in self._local:
+                        self._check_moved(client_id, room_id)
         if self._client.connected:
             self._beat()
         self._schedule_beat()

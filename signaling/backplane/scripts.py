@@ -13,8 +13,8 @@ Every script takes the key prefix as ``ARGV[1]``. Keys (``P`` is the prefix):
   that node N refreshes; ``P node:N:dead``: set when N was declared dead;
 - ``P beat``: when (Redis's clock, ms) any node last refreshed its key;
 - ``P grace``: set (with a TTL) after an outage while nodes re-register;
-- ``P resume:T``: ``"NODE CLIENT"``, the node that holds the session of
-  resume token T (with a TTL: the resume grace and a margin).
+- ``P node:N:resume``: hash, resume token -> client id, of the sessions
+  node N holds that may resume (removed with the node when it dies).
 
 Each change is published, as a JSON array, to the inbox channel
 ``P inbox:N`` of every node with members in the room after it:
@@ -101,7 +101,9 @@ local function reap(node)
   for i = 1, #index, 2 do
     remove(index[i + 1], index[i])
   end
-  redis.call('DEL', P .. 'node:' .. node, P .. 'node:' .. node .. ':alive')
+  redis.call(
+    'DEL', P .. 'node:' .. node, P .. 'node:' .. node .. ':alive', P .. 'node:' .. node .. ':resume'
+  )
   redis.call('SREM', P .. 'nodes', node)
   return #index / 2
 end
@@ -341,15 +343,15 @@ return reply
 #: this one, that holds the session of the token, or nil.
 FIND_HOLDER = b"""
 local P, token, me = ARGV[1], ARGV[2], ARGV[3]
-local value = redis.call('GET', P .. 'resume:' .. token)
-if not value then
-  return nil
+for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  if node ~= me and redis.call('HEXISTS', P .. 'node:' .. node .. ':resume', token) == 1 then
+    if redis.call('EXISTS', P .. 'node:' .. node .. ':alive') == 1 then
+      return node
+    end
+    return nil
+  end
 end
-local node = string.match(value, '^(%S+)')
-if not node or node == me or redis.call('EXISTS', P .. 'node:' .. node .. ':alive') == 0 then
-  return nil
-end
-return node
+return nil
 """
 
 #: ARGV: prefix, room, member, its join number, the node that held it, the

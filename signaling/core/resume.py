@@ -116,8 +116,9 @@ class SessionMover(Protocol):
     """Where the resume tokens of other processes are found (rooms across
     processes); ``hub.session_mover`` is None on a single process."""
 
-    def issued(self, token: str, client_id: str, ttl: float) -> None:
-        """``token`` now resumes ``client_id`` here, for ``ttl`` seconds at most."""
+    def issued(self, token: str, client_id: str) -> None:
+        """``token`` now resumes ``client_id`` here (until ``used``, or this
+        process is gone)."""
 
     def used(self, token: str) -> None:
         """``token`` resumes nothing any more (used, or its session ended)."""
@@ -221,7 +222,7 @@ class ResumableSession(Session):
         self.token = token = new_token()
         tokens[token] = self
         if mover is not None:
-            mover.issued(token, self.client_id, _token_ttl(hub))
+            mover.issued(token, self.client_id)
         return token
 
     # -- frames ------------------------------------------------------------------
@@ -267,9 +268,6 @@ class ResumableSession(Session):
         hub.sessions_away += 1
         self._away_until = hub.clock.seconds() + grace
         self._away_timer = hub.clock.callLater(grace, self._expire)
-        if hub.session_mover is not None and self.token is not None:
-            # From now on its token must outlive the grace elsewhere too.
-            hub.session_mover.issued(self.token, self.client_id, _token_ttl(hub))
         hub.log.debug("away {client_id}", client_id=self.client_id)
 
     def _expire(self) -> None:
@@ -400,6 +398,8 @@ class ResumableSession(Session):
         self.room = None
         self.token = None
         hub.resume_tokens.pop(token, None)
+        if hub.session_mover is not None:
+            hub.session_mover.used(token)
         self._cancel_join_timer()
         old, self.wire = self.wire, NO_WIRE
         self.state = CLOSED
@@ -437,8 +437,9 @@ def arrive(hub: Hub, moving: Moving, room: Room | None = None) -> ResumableSessi
     hub.stats.connections_total += 1
     session.seq = moving.seq
     replay = session.replay
+    now = hub.clock.seconds()
     for seq, frame in moving.frames:
-        replay.frames.append((seq, 0.0, frame))
+        replay.frames.append((seq, now, frame))
         replay.size += len(frame)
     if moving.granted is not None and moving.room_id is not None:
         session._granted = (moving.room_id, Grant(identity=moving.granted))
@@ -452,16 +453,9 @@ def arrive(hub: Hub, moving: Moving, room: Room | None = None) -> ResumableSessi
     session.token = moving.token
     hub.resume_tokens[moving.token] = session
     if hub.session_mover is not None:
-        hub.session_mover.issued(moving.token, session.client_id, _token_ttl(hub))
+        hub.session_mover.issued(moving.token, session.client_id)
     hub.stats.sessions_moved_in += 1
     return session
-
-
-def _token_ttl(hub: Hub) -> float:
-    """How long a token is remembered across processes: the grace and a
-    margin (a connected session's token lasts while it is connected: it is
-    recorded again at every resume)."""
-    return hub.limits.resume_grace + 60.0
 
 
 def connect(
