@@ -336,7 +336,8 @@ def test_cluster(tmp_path: Path) -> None:
     if records[0]["redis_pid_visible"]:  # Redis runs on this machine
         assert split["redis_cpu_us_per_msg"] > 0
     assert plain["redis_cpu_us_per_msg"] is None
-    assert 0 < storm["seconds"] < 10 and storm["server_cpu_seconds"] > 0
+    # 20 joins may take less CPU than the 10 ms ticks it is counted in
+    assert 0 < storm["seconds"] < 10 and storm["server_cpu_seconds"] >= 0
     # a node is declared dead once its liveness key expires (1 s), seen at a
     # heartbeat (every 0.2 s)
     assert 0.5 < loss["first_leave_s"] <= loss["last_leave_s"] < 5
