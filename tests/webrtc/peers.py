@@ -122,6 +122,31 @@ WebSocket.prototype.send = function (data) {
 """
 
 
+_RECORD_EVENTS = """
+window.clientEvents = [];
+let demo;
+Object.defineProperty(window, "demo", {
+    configurable: true,
+    get: () => demo,
+    set(value) {
+        demo = value;
+        for (const type of window.recordedEventTypes) {
+            value.client.addEventListener(type, ({ detail }) => {
+                window.clientEvents.push({ type, ...detail });
+            });
+        }
+    },
+});
+"""
+
+
+def record_events(*types: str) -> str:
+    """An init script recording the browser client's events of ``types`` in
+    ``window.clientEvents`` (each ``{type, ...detail}``), from the moment
+    demo.js creates the client (before its socket opens)."""
+    return f"window.recordedEventTypes = {json.dumps(list(types))};\n" + _RECORD_EVENTS
+
+
 class LoopThread:
     """An asyncio loop in a background thread, for aiortc beside sync Playwright."""
 

@@ -21,28 +21,11 @@ from ..conftest import wait_for
 from ..redis_rooms import require_redis_rooms
 from ..redis_servers import PrivateRedis, redis_keys
 from ..test_cluster import healthz, registered
-from .peers import WAIT, WAIT_MS, DemoPage
+from .peers import WAIT, WAIT_MS, DemoPage, record_events
 
 pytestmark = pytest.mark.webrtc
 
-# An init script recording the client's room events in window.clientEvents,
-# from the moment demo.js creates the client (before its socket opens).
-RECORD_EVENTS = """
-window.clientEvents = [];
-let demo;
-Object.defineProperty(window, "demo", {
-    configurable: true,
-    get: () => demo,
-    set(value) {
-        demo = value;
-        for (const type of ["joined", "peer-joined", "peer-left"]) {
-            value.client.addEventListener(type, ({ detail }) => {
-                window.clientEvents.push({ type, ...detail });
-            });
-        }
-    },
-});
-"""
+RECORD_EVENTS = record_events("joined", "peer-joined", "peer-left")
 
 
 class Cluster:

@@ -15,7 +15,7 @@ import pytest
 from signaling.core.access import Grant, JoinRequest, Unauthorized
 
 from ..conftest import on_reactor, wait_for
-from .peers import WAIT, WAIT_MS, DemoPage
+from .peers import WAIT, WAIT_MS, DemoPage, record_events
 
 pytestmark = pytest.mark.webrtc
 
@@ -201,24 +201,7 @@ def test_connect_url_still_carries_a_token(server, open_page) -> None:
     assert sent(page, "join") == [{"room_id": "w"}, {"room_id": "by-url"}]
 
 
-# Records the client's disconnected events from its creation on.
-RECORD_DISCONNECTS = (
-    RECORD_SOCKETS
-    + """
-window.disconnects = [];
-let demo;
-Object.defineProperty(window, "demo", {
-    configurable: true,
-    get: () => demo,
-    set(value) {
-        demo = value;
-        value.client.addEventListener("disconnected", ({ detail }) => {
-            window.disconnects.push(detail);
-        });
-    },
-});
-"""
-)
+RECORD_DISCONNECTS = RECORD_SOCKETS + record_events("disconnected")
 
 
 def test_refused_token_is_shown_and_not_retried(server, open_page) -> None:
@@ -226,9 +209,15 @@ def test_refused_token_is_shown_and_not_retried(server, open_page) -> None:
     on_reactor(setattr, server.hub, "gate", gate)
     page = open_page(f"http://127.0.0.1:{server.port}/?room=t&token=old", RECORD_DISCONNECTS)
     page.page.get_by_text("Error: token expired").wait_for(timeout=WAIT_MS)
-    page.page.wait_for_function("() => window.disconnects.length > 0", timeout=WAIT_MS)
-    assert page.page.evaluate("window.disconnects") == [
-        {"code": 4001, "reason": "unauthorized", "retryIn": None, "resuming": False}
+    page.page.wait_for_function("() => window.clientEvents.length > 0", timeout=WAIT_MS)
+    assert page.page.evaluate("window.clientEvents") == [
+        {
+            "type": "disconnected",
+            "code": 4001,
+            "reason": "unauthorized",
+            "retryIn": None,
+            "resuming": False,
+        }
     ]
     assert gate.tokens == ["old"]
     assert len(page.page.evaluate("window.socketUrls")) == 1

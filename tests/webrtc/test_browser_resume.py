@@ -17,32 +17,23 @@ from websockets.sync.client import connect
 from signaling.core import messages
 
 from ..conftest import Client, RunningServer, on_reactor, wait_for
-from .peers import RECORD_SENT, WAIT, WAIT_MS, DemoPage
+from .peers import RECORD_SENT, WAIT, WAIT_MS, DemoPage, record_events
 
 pytestmark = pytest.mark.webrtc
 
 # How long the proxy refuses connections after cutting them.
 BLIP = 3.0
 
-# An init script recording the client's events in window.clientEvents, from
-# the moment demo.js creates the client (before its socket opens).
-RECORD_EVENTS = """
-window.clientEvents = [];
-let demo;
-Object.defineProperty(window, "demo", {
-    configurable: true,
-    get: () => demo,
-    set(value) {
-        demo = value;
-        for (const type of ["open", "joined", "peer-joined", "peer-left", "resumed",
-                            "resume-failed", "taken-over", "server-message"]) {
-            value.client.addEventListener(type, ({ detail }) => {
-                window.clientEvents.push({ type, ...detail });
-            });
-        }
-    },
-});
-"""
+RECORD_EVENTS = record_events(
+    "open",
+    "joined",
+    "peer-joined",
+    "peer-left",
+    "resumed",
+    "resume-failed",
+    "taken-over",
+    "server-message",
+)
 
 
 class _Link(portforward.ProxyServer):
