@@ -93,6 +93,19 @@ class Hub:
             return "too many connections from this address"
         return None
 
+    def count_address(self, limit_key: str | None) -> None:
+        """One more connection from ``limit_key`` (None: not counted)."""
+        if limit_key is not None:
+            self.address_counts[limit_key] += 1
+
+    def uncount_address(self, limit_key: str | None) -> None:
+        """One connection fewer from ``limit_key``; an address at 0 is forgotten."""
+        if limit_key is not None:
+            counts = self.address_counts
+            counts[limit_key] -= 1
+            if counts[limit_key] <= 0:
+                del counts[limit_key]
+
     def uptime(self) -> float:
         return self.clock.seconds() - self.started_at
 

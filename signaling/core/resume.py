@@ -337,13 +337,8 @@ class ResumableSession(Session):
             old, self.wire = self.wire, wire
             old.close(CLOSE_RESUMED_ELSEWHERE, "resumed elsewhere")
         if limit_key != self.limit_key:
-            counts = hub.address_counts
-            if self.limit_key is not None:
-                counts[self.limit_key] -= 1
-                if counts[self.limit_key] <= 0:
-                    del counts[self.limit_key]
-            if limit_key is not None:
-                counts[limit_key] += 1
+            hub.uncount_address(self.limit_key)
+            hub.count_address(limit_key)
             self.limit_key = limit_key
         self.address = address
         hub.stats.sessions_resumed += 1
@@ -404,14 +399,7 @@ class ResumableSession(Session):
         old, self.wire = self.wire, NO_WIRE
         self.state = CLOSED
         old.close(CLOSE_RESUMED_ELSEWHERE, "resumed elsewhere")
-        hub.closed_messages_in += self.messages_in
-        hub.closed_messages_out += self.messages_out
-        key = self.limit_key
-        if hub.sessions.pop(self.client_id, None) is not None and key is not None:
-            counts = hub.address_counts
-            counts[key] -= 1
-            if counts[key] <= 0:
-                del counts[key]
+        self._forget()
         hub.stats.sessions_moved_out += 1
         hub.log.debug("session {client_id} moved to another process", client_id=self.client_id)
         return moving

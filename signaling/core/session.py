@@ -167,8 +167,7 @@ class Session:
         which the connection sends with its handshake's answer."""
         hub = self.hub
         hub.sessions[self.client_id] = self
-        if self.limit_key is not None:
-            hub.address_counts[self.limit_key] += 1
+        hub.count_address(self.limit_key)
         hub.stats.connections_total += 1
         self._start_join_timer()
         self.messages_out += 1
@@ -207,18 +206,17 @@ class Session:
             return
         self.closing()
         self.wire = NO_WIRE
-        if self.state is CLOSED:
-            return
+        if self.state is not CLOSED:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Gone from the hub: its message totals kept, its address counted down."""
         self.state = CLOSED
         hub = self.hub
         hub.closed_messages_in += self.messages_in
         hub.closed_messages_out += self.messages_out
-        key = self.limit_key
-        if hub.sessions.pop(self.client_id, None) is not None and key is not None:
-            counts = hub.address_counts
-            counts[key] -= 1
-            if counts[key] <= 0:
-                del counts[key]
+        if hub.sessions.pop(self.client_id, None) is not None:
+            hub.uncount_address(self.limit_key)
 
     def close(self, code: int, reason: str, timeout: float | None = None) -> None:
         """Close the connection (admin, shutdown); see :meth:`Wire.close`."""
