@@ -801,3 +801,37 @@ def test_resume_tokens_live_with_their_node_not_for_a_time() -> None:
         assert wait_for(lambda: redis_command(6379, "EXISTS", key) == 1)
         on_reactor(one.target.stop)
         assert wait_for(lambda: redis_command(6379, "EXISTS", key) == 0)
+
+
+def test_resume_tokens_changed_while_redis_was_down_are_written_on_return(
+    tmp_path: Path,
+) -> None:
+    """Tokens issued and used while Redis could not be reached: once back
+    (even empty), the node's hash holds exactly the tokens of its sessions,
+    nothing lost and nothing left behind."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        with nodes(1, url=server.url(), ttl=1.0, heartbeat=0.2) as (one,):
+            key = f"{one.target.prefix}node:{one.target.node_id}:resume"
+            on_reactor(one.target.issued, "t1", "a")
+            on_reactor(one.target.issued, "t2", "b")
+            assert wait_for(lambda: redis_command(server.port, "HLEN", key) == 2)
+            server.stop()
+            assert wait_for(lambda: not on_reactor(lambda: one.target.available))
+            on_reactor(one.target.used, "t1")
+            on_reactor(one.target.issued, "t3", "c")
+            server.start()  # empty
+            assert wait_for(lambda: on_reactor(lambda: one.target.available), 10)
+            assert wait_for(
+                lambda: (
+                    redis_command(server.port, "HGETALL", key)
+                    in (
+                        [b"t2", b"b", b"t3", b"c"],
+                        [b"t3", b"c", b"t2", b"b"],
+                    )
+                ),
+                10,
+            ), redis_command(server.port, "HGETALL", key)
+    finally:
+        server.stop()

@@ -282,6 +282,11 @@ class RedisRooms:
         #: number, until when relays that reach this node are passed on,
         #: room).
         self._moved: dict[str, tuple[str, int, float, str]] = {}
+        #: The resume tokens of the sessions here (token -> client id), which
+        #: Redis holds in ``P node:N:resume``: written again at each
+        #: registration, so that what changed while Redis was unreachable is
+        #: neither lost nor left behind.
+        self._resume_tokens: dict[str, str] = {}
         self.sessions_moved = 0
         self._local: dict[str, _Local] = {}
         self._views: dict[str, RedisRoom] = {}
@@ -715,14 +720,26 @@ class RedisRooms:
     def issued(self, token: str, client_id: str) -> None:
         """The session of ``client_id`` here may resume with ``token``, on
         any node, for as long as this node lives (or until ``used``)."""
+        self._resume_tokens[token] = client_id
         if self._client.connected:
             self._client.execute(b"HSET", self._resume_key(), token, client_id).addErrback(
                 lambda _: None
             )
 
     def used(self, token: str) -> None:
+        self._resume_tokens.pop(token, None)
         if self._client.connected:
             self._client.execute(b"HDEL", self._resume_key(), token).addErrback(lambda _: None)
+
+    def _write_resume_tokens(self) -> None:
+        """Make ``P node:N:resume`` hold exactly this node's tokens."""
+        key = self._resume_key()
+        self._client.execute(b"DEL", key).addErrback(lambda _: None)
+        pairs = [part for item in self._resume_tokens.items() for part in item]
+        for start in range(0, len(pairs), 2000):
+            self._client.execute(b"HSET", key, *pairs[start : start + 2000]).addErrback(
+                lambda _: None
+            )
 
     def _resume_key(self) -> bytes:
         return self._prefix_bytes + b"node:" + self.node_id.encode() + b":resume"
@@ -1189,6 +1206,7 @@ class RedisRooms:
         removed, restored, lost = reply
         first = not self._synced
         self._registered = self._synced = self._was_registered = True
+        self._write_resume_tokens()
         if removed or restored or lost:
             _log.info(
                 "Re-registered with Redis: {restored} members put back, {removed} removed,"
